@@ -1,0 +1,3 @@
+from alexpipe.cli import main
+
+main()

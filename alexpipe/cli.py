@@ -1,0 +1,20 @@
+"""The one `alexpipe` command; each sub-command comes from the package that owns it."""
+
+from __future__ import annotations
+
+import typer
+
+import pipeline.cli
+
+app = typer.Typer(
+    name="alexpipe",
+    help="Convert CIFAR-10 once, train AlexNet with a fast input pipeline, benchmark every loader.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+pipeline.cli.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,16 @@
+"""Streaming file digests (archives are ~170 MB: never read them whole)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def file_hexdigests(path: Path | str, *algorithms: str) -> tuple[str, ...]:
+    """Hex digests of the file at `path`, one per algorithm name, in one pass."""
+    hs = [hashlib.new(a) for a in algorithms]
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            for h in hs:
+                h.update(chunk)
+    return tuple(h.hexdigest() for h in hs)

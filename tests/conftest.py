@@ -1,0 +1,151 @@
+"""Shared fixtures: synthetic CIFAR-format sources the tests build, and the real data when present."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+needs_real_data = pytest.mark.skipif(
+    not REAL_ARCHIVE.exists(), reason=f"real CIFAR-10 not present at {REAL_ARCHIVE} (../shared/data)"
+)
+
+
+def synthetic_batches(per_batch: int = 60, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """data_batch_1..5 and test_batch as (N x 3072 uint8 planes, labels), every class present."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = np.arange(per_batch) % 10
+        rng.shuffle(labels)
+        out[name] = (rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8), labels.astype(np.int64))
+    return out
+
+
+def _python_files(batches) -> dict[str, bytes]:
+    files = {"batches.meta": pickle.dumps({"label_names": CLASSES, "num_cases_per_batch": 10000,
+                                           "num_vis": 3072}, protocol=2)}
+    for name, (data, labels) in batches.items():
+        files[name] = pickle.dumps({"batch_label": name, "labels": [int(v) for v in labels], "data": data,
+                                    "filenames": [f"img_{i}.png" for i in range(len(labels))]}, protocol=2)
+    return files
+
+
+def _binary_files(batches) -> dict[str, bytes]:
+    files = {"batches.meta.txt": ("\n".join(CLASSES) + "\n\n").encode()}
+    for name, (data, labels) in batches.items():
+        rec = np.concatenate([labels.astype(np.uint8)[:, None], data], axis=1)
+        files[name + ".bin"] = rec.tobytes()
+    return files
+
+
+def source_files(batches, version: str) -> tuple[str, dict[str, bytes]]:
+    """(top folder, {basename: bytes}) of the python or binary version."""
+    if version == "python":
+        return "cifar-10-batches-py", _python_files(batches)
+    return "cifar-10-batches-bin", _binary_files(batches)
+
+
+def write_archive(path: Path, top: str, files: dict[str, bytes], extra: dict[str, bytes] | None = None) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in {**{f"{top}/{k}": v for k, v in files.items()}, **(extra or {})}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def write_folder(path: Path, top: str, files: dict[str, bytes]) -> Path:
+    (path / top).mkdir(parents=True)
+    for k, v in files.items():
+        (path / top / k).write_bytes(v)
+    return path
+
+
+def make_source(tmp: Path, batches, version: str, form: str) -> Path:
+    """A source of the given version ("python"/"binary") and form ("archive"/"folder")."""
+    top, files = source_files(batches, version)
+    if form == "archive":
+        return write_archive(tmp / f"cifar-10-{version}.tar.gz", top, files)
+    return write_folder(tmp / f"extracted-{version}", top, files)
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    return synthetic_batches()
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory, synthetic) -> Path:
+    """A converted synthetic dataset: 250 train / 50 val / 60 test images (no .beton)."""
+    from pipeline.convert import convert
+
+    tmp = tmp_path_factory.mktemp("small")
+    src = make_source(tmp, synthetic, "python", "archive")
+    convert(src, tmp / "data", val_size=50, allow_partial=True, betons=False)
+    return tmp / "data"
+
+
+@pytest.fixture(scope="session")
+def real_data(tmp_path_factory) -> Path:
+    """The real CIFAR-10 from ../shared/data, converted once per test session (with .beton files if FFCV is here)."""
+    if not REAL_ARCHIVE.exists():
+        pytest.skip(f"real CIFAR-10 not present at {REAL_ARCHIVE} (../shared/data)")
+    from pipeline.convert import convert
+
+    out = tmp_path_factory.mktemp("real") / "cifar10"
+    convert(REAL_ARCHIVE, out)
+    return out
+
+
+needs_cuda = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (none here)")
+
+# Statistics of the real train split (rounded): a well-conditioned PCA for synthetic files.
+REALISTIC_STATS = dict(
+    mean=(125.28, 122.90, 113.87), std=(62.54, 61.89, 66.41), eigenvalues=(11161.08, 819.72, 171.59),
+    eigenvectors=((0.5577, -0.7044, -0.4391), (0.5769, -0.0515, 0.8152), (0.5968, 0.7080, -0.3777)),
+)
+MARKER_LEFT, MARKER_RIGHT = 100, 200
+
+
+def marker_image() -> np.ndarray:
+    """32x32 RGB: left half MARKER_LEFT, right half MARKER_RIGHT, so flips and shifts can be read back."""
+    img = np.full((32, 32, 3), MARKER_LEFT, np.uint8)
+    img[:, 16:] = MARKER_RIGHT
+    return img
+
+
+def write_dataset(out: Path, images: np.ndarray, labels: np.ndarray, split: str = "train",
+                  betons: bool = True) -> Path:
+    """A converted folder holding one split of the given images, with REALISTIC_STATS in its metadata."""
+    from pipeline.beton import beton_path, ffcv_available, write_beton
+    from pipeline.fileformat import FORMAT_VERSION, SplitMeta, content_digest, split_path, write_split
+    from pipeline.stats import ChannelStats
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta = SplitMeta(split=split, classes=tuple(CLASSES), num_images=len(labels),
+                     class_counts=tuple(int(c) for c in np.bincount(labels, minlength=10)),
+                     stats=ChannelStats(**REALISTIC_STATS), content_sha256=content_digest(images, labels),
+                     split_seed=0, val_size=0, source={"kind": "synthetic", "sha256": "", "md5": None,
+                                                        "md5_official": None},
+                     format_version=FORMAT_VERSION, created_utc="2026-01-01T00:00:00+00:00")
+    write_split(split_path(out, split), images, labels, np.arange(len(labels)), meta)
+    if betons and ffcv_available():
+        write_beton(beton_path(out, split), images, labels)
+    return out
+
+
+@pytest.fixture(scope="session")
+def marker_data(tmp_path_factory) -> Path:
+    """3,000 copies of marker_image() as a train split (with a .beton when FFCV is installed)."""
+    n = 3000
+    images = np.broadcast_to(marker_image(), (n, 32, 32, 3)).copy()
+    return write_dataset(tmp_path_factory.mktemp("marker") / "data", images, np.arange(n) % 10)
