@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 import pipeline.cli
+import train.cli
 
 app = typer.Typer(
     name="alexpipe",
@@ -14,6 +15,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 pipeline.cli.register(app)
+train.cli.register(app)
 
 
 def main() -> None:

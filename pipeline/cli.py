@@ -12,7 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 from rich.table import Table
 
 from .convert import MANIFEST, convert, default_sources, steps_for
-from .download import DEFAULT_CACHE, OFFICIAL_MD5, OFFICIAL_URL, download
+from .download import OFFICIAL_MD5, OFFICIAL_URL, cache_dir, download
 from .errors import DataError
 from .fileformat import SPLITS, load_split, split_path, verify_split
 from .hashing import file_hexdigests
@@ -27,7 +27,8 @@ def fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-def _resolve_source(source: Optional[Path], use_download: bool, url: str, md5: str, download_dir: Path) -> Path:
+def _resolve_source(source: Optional[Path], use_download: bool, url: str, md5: str,
+                    download_dir: Optional[Path]) -> Path:
     if source is not None and use_download:
         fail("pass either --source or --download, not both")
     if source is not None:
@@ -42,7 +43,7 @@ def _resolve_source(source: Optional[Path], use_download: bool, url: str, md5: s
             console.print(f"using {place} (no --source given)")
             return place
     fail("no CIFAR-10 found in the default places ($ALEXPIPE_CIFAR10, ./cifar-10-python.tar.gz, "
-         f"./cifar-10-batches-py, {DEFAULT_CACHE}/cifar-10-python.tar.gz); pass --source PATH or --download")
+         f"./cifar-10-batches-py, {cache_dir()}/cifar-10-python.tar.gz); pass --source PATH or --download")
     raise AssertionError  # unreachable
 
 
@@ -61,7 +62,8 @@ def convert_cmd(
                                                                 "(md5-checked) into --download-dir first."),
     url: str = typer.Option(OFFICIAL_URL, help="Where --download fetches from (a mirror, or file:// URL)."),
     md5: str = typer.Option(OFFICIAL_MD5, help="md5 the downloaded file must have."),
-    download_dir: Path = typer.Option(DEFAULT_CACHE, help="Where --download keeps the archive."),
+    download_dir: Optional[Path] = typer.Option(None, help="Where --download keeps the archive "
+                                                           "[default: $XDG_CACHE_HOME/alexpipe or ~/.cache/alexpipe]."),
     allow_partial: bool = typer.Option(False, help="Accept batches with fewer than 10,000 images (subsets, tests)."),
     force: bool = typer.Option(False, help="Replace what --out already holds (only once the new data is complete)."),
     beton: Optional[bool] = typer.Option(None, "--beton/--no-beton",

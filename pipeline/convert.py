@@ -34,10 +34,10 @@ def default_sources() -> list[Path]:
     places = []
     if os.environ.get("ALEXPIPE_CIFAR10"):
         places.append(Path(os.environ["ALEXPIPE_CIFAR10"]))
-    from .download import DEFAULT_CACHE
+    from .download import cache_dir
 
     places += [Path("cifar-10-python.tar.gz"), Path("cifar-10-batches-py"),
-               DEFAULT_CACHE / "cifar-10-python.tar.gz"]
+               cache_dir() / "cifar-10-python.tar.gz"]
     return places
 
 

@@ -15,17 +15,21 @@ from .hashing import file_hexdigests
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "alexpipe"
 
 
-def download(url: str = OFFICIAL_URL, dest_dir: Path = DEFAULT_CACHE, md5: str = OFFICIAL_MD5,
+def cache_dir() -> Path:
+    """alexpipe's per-user cache: $XDG_CACHE_HOME/alexpipe, else ~/.cache/alexpipe."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alexpipe"
+
+
+def download(url: str = OFFICIAL_URL, dest_dir: Path | None = None, md5: str = OFFICIAL_MD5,
              on_bytes: Callable[[int, int | None], None] = lambda done, total: None) -> Path:
     """Download `url` into `dest_dir` unless a copy with the right md5 is there.
 
     The file appears under its final name only once its md5 matched; a
     mismatch or an interrupted transfer leaves nothing behind.
     """
-    dest_dir = Path(dest_dir).expanduser()
+    dest_dir = Path(dest_dir).expanduser() if dest_dir is not None else cache_dir()
     dest = dest_dir / (Path(urllib.request.url2pathname(url.rsplit("/", 1)[-1])).name or "cifar-10-python.tar.gz")
     if dest.exists() and file_hexdigests(dest, "md5")[0] == md5:
         return dest

@@ -8,6 +8,7 @@ reconstruction machinery, so that is all this unpickler admits; anything else
 
 from __future__ import annotations
 
+import codecs
 import io
 import pickle
 
@@ -19,8 +20,11 @@ from .errors import DataError
 _RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]
 
 # (module, name) pairs a genuine batch may reference. numpy 2 moved
-# numpy.core to numpy._core; a file re-pickled by numpy 2 names the new path.
+# numpy.core to numpy._core; a file re-pickled by numpy 2 names the new path,
+# and Python 3's protocol 2 spells bytes as _codecs.encode(str, "latin1")
+# (a pure function: it can only turn text into bytes).
 _ALLOWED = {
+    ("_codecs", "encode"): codecs.encode,
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy", "ndarray"): np.ndarray,

@@ -1,0 +1,190 @@
+"""The FFCV backend: an FFCV `Loader` over the split's `.beton`, the augmentation as FFCV Operations.
+
+Pipelines (`augment_on="cpu"`, the default off CUDA; all numba, `num_workers` threads):
+
+    image  SimpleRGBImageDecoder -> TranslateFlip -> PCAJitterNormalise -> ToTensor   train
+           SimpleRGBImageDecoder -> TranslateFlip -> NormalizeImage     -> ToTensor   train, pca="off"
+           SimpleRGBImageDecoder -> NormalizeImage                     -> ToTensor   val / test
+    label  IntDecoder -> LabelWithIndex -> ToTensor
+
+(plus ToDevice when the target is not the CPU), then one torch permute + cast
+to NCHW in the requested dtype and memory format. That last step always copies:
+FFCV recycles its output buffers a few batches later. FFCV's own
+`NormalizeImage` is used where it has exactly the meaning (uint8 -> normalised
+float32); translate/flip/jitter are this project's ops (ffcv_ops/) because
+FFCV's random transforms cannot be seeded per epoch.
+
+`augment_on="device"` (the default on CUDA): the image pipeline stops after
+TranslateFlip -> ToTensor -> ToDevice, and the jitter + normalisation run on
+the device as batched torch ops (augment/batched.py), with the alphas the CPU
+op would have drawn (same hash, or the explicit table). It also runs on the
+CPU, which is how it is tested without a GPU.
+
+Order and epochs: FFCV's own orders would repeat samples across ranks (see
+ffcv_ops/order.py), so FFCV visits the shared epoch order (BaseLoader.order).
+One FFCV Loader is built, and compiled, per FfcvLoader; each epoch sets FFCV's
+epoch counter and the epoch key that the compiled ops read, and nothing is
+recompiled. One epoch runs at a time: starting an iteration closes any earlier
+one still running.
+
+Randomness: every parameter is a hash of (seed, epoch, split position)
+(ffcv_ops/hashrng.py): identical (seed, epoch) give identical batches whatever
+the thread count, and an image's augmentation does not depend on the sharding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from ..augment import CROP, normalise_affine, pca_matrix
+from ..augment.batched import Normaliser, jitter_normalise, to_layout
+from ..beton import beton_path, ffcv_available
+from ..errors import DataError
+from ..fileformat import Split
+from .base import BaseLoader, LoaderConfig
+
+AUGMENT_ON = ("auto", "cpu", "device")
+FFCV_MISSING = ("the ffcv backend needs FFCV, which is not importable here: apt-get install pkg-config "
+                "libopencv-dev libturbojpeg0-dev && pip install 'alexpipe[ffcv]', then run `alexpipe convert` "
+                "again to write the .beton files")
+
+
+def check_beton(path: Path, split: Split) -> None:
+    """Fail with one actionable line unless `path` is a readable .beton holding exactly `split`.
+
+    The backend relies on beton sample i being split position i (labels,
+    explicit parameters and `with_index` are all looked up by it), so a stale
+    copy must not load silently. Labels are compared in full; pixels are not
+    (that would read the whole file).
+    """
+    if not ffcv_available():
+        raise DataError(FFCV_MISSING)
+    if not path.exists():
+        raise DataError(f"{path}: no such file; the ffcv backend reads the FFCV .beton files that `alexpipe "
+                        f"convert` writes when FFCV is installed (this folder was converted without them, e.g. "
+                        f"with --no-beton): run `alexpipe convert` again with FFCV installed")
+    from ffcv.reader import Reader
+
+    try:
+        reader = Reader(str(path))
+    except Exception as exc:  # FFCV raises assertion/value errors on foreign or truncated files
+        raise DataError(f"{path}: not a readable FFCV .beton ({type(exc).__name__}: {exc}); "
+                        f"run `alexpipe convert --force` to rewrite it") from None
+    fields = list(reader.handlers)
+    stale = f"{path}: does not match {split.path} ({{}}); run `alexpipe convert --force` to rewrite it"
+    if sorted(fields) != ["image", "label"]:
+        raise DataError(stale.format(f"fields {fields}, expected image and label"))
+    if int(reader.num_samples) != len(split):
+        raise DataError(stale.format(f"{int(reader.num_samples)} samples, the split has {len(split)}"))
+    image_md = reader.metadata[f"f{fields.index('image')}"]
+    if len(image_md) and (np.any(image_md["width"] != CROP) or np.any(image_md["height"] != CROP)):
+        raise DataError(stale.format(f"images are not all {CROP}x{CROP}"))
+    if not np.array_equal(reader.metadata[f"f{fields.index('label')}"], split.labels.numpy()):
+        raise DataError(stale.format("labels differ"))
+
+
+class FfcvLoader(BaseLoader):
+    """See the module docstring; `augment_on` chooses where steps 3-4 run: "cpu" (numba), "device" (torch)."""
+
+    backend = "ffcv"
+
+    def __init__(self, cfg: LoaderConfig, split: Optional[Split] = None, augment_on: str = "auto"):
+        super().__init__(cfg, split)
+        if augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on must be one of {', '.join(AUGMENT_ON)}, got {augment_on!r}")
+        self.on_device = augment_on == "device" or (augment_on == "auto" and cfg.device.type == "cuda")
+        path = beton_path(cfg.root, cfg.split)
+        check_beton(path, self.split)
+
+        import numba
+        from ffcv.fields.decoders import IntDecoder
+        from ffcv.loader import Loader
+        from ffcv.transforms import ToTensor
+
+        from . import ffcv_ops
+
+        self._ops = ffcv_ops
+        self.key = ffcv_ops.EpochKey()
+        self.norm = Normaliser(self.split.meta.stats, cfg.pca, cfg.device) if self.on_device else None
+        # numba refuses more threads than it started with (its default: the CPU count)
+        self.threads = max(1, min(cfg.num_workers, numba.config.NUMBA_NUM_THREADS))
+        self._live = None
+        self._ffcv = Loader(
+            str(path), batch_size=cfg.batch_size, num_workers=self.threads, os_cache=True,
+            order=ffcv_ops.EpochOrder(self.order), indices=self.positions, seed=cfg.seed,
+            pipelines={"image": self._image_pipeline(),
+                       "label": [IntDecoder(), ffcv_ops.LabelWithIndex(), ToTensor()]},
+            drop_last=cfg.drop_last,
+        )
+
+    def _image_pipeline(self) -> list:
+        from ffcv.fields.decoders import SimpleRGBImageDecoder
+        from ffcv.transforms import NormalizeImage, ToDevice, ToTensor
+
+        c, ops, stats = self.cfg, self._ops, self.split.meta.stats
+        pipeline = [SimpleRGBImageDecoder()]
+        if c.augment:
+            geometry = ops.explicit_geometry(c.params) if c.params is not None else None
+            pipeline.append(ops.TranslateFlip(self.key, geometry))
+        if self.on_device:
+            return pipeline + [ToTensor(), ToDevice(c.device, non_blocking=True)]
+        if c.jitter:
+            alphas = ops.HostArray(np.asarray(c.params.alpha, np.float32)) if c.params is not None else None
+            scale, shift = normalise_affine(stats)
+            pipeline.append(ops.PCAJitterNormalise(pca_matrix(stats, c.pca), c.pca_sigma, scale, shift, self.key,
+                                                   alphas))
+        else:
+            pipeline.append(NormalizeImage(np.asarray(stats.mean, np.float64), np.asarray(stats.std, np.float64),
+                                           np.float32))
+        pipeline.append(ToTensor())
+        if c.device.type != "cpu":
+            pipeline.append(ToDevice(c.device, non_blocking=True))
+        return pipeline
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        c = self.cfg
+        self._stop(self._live)
+        self.key.set(c.seed, self.epoch)
+        self._ffcv.next_epoch = self.epoch  # FFCV asks its traversal order for this epoch
+        epoch_iter = self._live = iter(self._ffcv)
+        try:
+            for images, packed in epoch_iter:
+                packed = packed.clone()  # ours, before FFCV reuses the buffer
+                index = packed[:, 1].contiguous()
+                labels = packed[:, 0].contiguous().to(c.device)
+                yield self._emit(self._finish(images, index), labels, index.to(c.device))
+        finally:
+            self._stop(epoch_iter)
+
+    def _finish(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """FFCV's NHWC output -> a fresh NCHW tensor of the requested dtype and layout."""
+        c = self.cfg
+        x = images.permute(0, 3, 1, 2)
+        if not self.on_device:
+            fmt = torch.channels_last if c.channels_last else torch.contiguous_format
+            return x.to(dtype=c.dtype, memory_format=fmt, copy=True)
+        alpha = self._alphas(index.numpy()) if c.jitter else None
+        return to_layout(jitter_normalise(x, alpha, self.norm), c.dtype, c.channels_last)
+
+    def _alphas(self, index: np.ndarray) -> torch.Tensor:
+        """The batch's alphas for the device tail: exactly what PCAJitterNormalise would use."""
+        c = self.cfg
+        if c.params is not None:
+            a = np.asarray(c.params.alpha, np.float32)[index]
+        else:
+            a = self._ops.hashrng.sample_params(self.key.value, index, c.pca_sigma)[3]
+        return torch.from_numpy(np.ascontiguousarray(a)).to(c.device)
+
+    def _stop(self, epoch_iter) -> None:
+        """Close an FFCV epoch iterator and wait for its thread: its batches are no longer wanted, and the
+        next epoch's kernels read the epoch key it would otherwise still be using."""
+        if epoch_iter is None:
+            return
+        epoch_iter.close()
+        epoch_iter.join()
+        if self._live is epoch_iter:
+            self._live = None

@@ -1,0 +1,55 @@
+"""The networks: exact architecture, output shapes, initialisation schemes."""
+
+import pytest
+import torch
+
+from model import AlexNet, AlexNetCIFAR, build_model
+
+
+def test_alexnet_cifar_parameter_count_and_shape():
+    m = AlexNetCIFAR()
+    assert sum(p.numel() for p in m.parameters()) == 23_272_266
+    assert m(torch.randn(4, 3, 32, 32)).shape == (4, 10)
+    assert m.features(torch.randn(1, 3, 32, 32)).shape == (1, 256, 2, 2)
+    lrn = [mod for mod in m.features if isinstance(mod, torch.nn.LocalResponseNorm)]
+    assert len(lrn) == 1 and (lrn[0].size, lrn[0].alpha, lrn[0].beta, lrn[0].k) == (5, 1e-4, 0.75, 2.0)
+
+
+def test_alexnet_imagenet_shape_and_classes():
+    m = AlexNet(num_classes=37).eval()
+    assert m(torch.randn(1, 3, 224, 224)).shape == (1, 37)
+    assert m.features(torch.randn(1, 3, 224, 224)).shape == (1, 256, 6, 6)
+    assert [m.conv1.kernel_size, m.conv1.stride] == [(11, 11), (4, 4)]
+    assert build_model("alexnet", num_classes=5).fc3.out_features == 5
+
+
+def test_channels_last_gives_the_same_logits():
+    torch.manual_seed(0)
+    m = AlexNetCIFAR().eval()
+    x = torch.randn(8, 3, 32, 32)
+    ref = m(x)
+    out = m.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_paper_init():
+    torch.manual_seed(0)
+    m = build_model("alexnet_cifar", init="paper")
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2", "fc3"):
+        w = getattr(m, name).weight
+        assert abs(w.mean().item()) < 1e-3 and w.std().item() == pytest.approx(0.01, rel=0.05)
+    for name, bias in [("conv1", 0), ("conv2", 1), ("conv3", 0), ("conv4", 1), ("conv5", 1),
+                       ("fc1", 1), ("fc2", 1), ("fc3", 0)]:
+        assert torch.all(getattr(m, name).bias == bias), name
+
+
+def test_default_init_is_pytorch_default_and_seeded():
+    torch.manual_seed(1)
+    a = build_model()
+    torch.manual_seed(1)
+    b = AlexNetCIFAR()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    bound = 1 / (3 * 3 * 3) ** 0.5  # kaiming-uniform(a=sqrt(5)) bound for conv1
+    assert a.conv1.weight.abs().max() <= bound
+    with pytest.raises(ValueError, match="unknown init"):
+        build_model(init="xavier")

@@ -1,0 +1,268 @@
+"""The training loop: it learns, resumes exactly, schedules, clips, casts, and fails safely."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model import build_model
+from train import checkpoint
+from train.loop import RunOptions, TrainingError, fit
+from train.metrics import read_jsonl
+from train.recipes import Recipe, get_recipe
+from train.schedule import Schedule, build_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A quick recipe: at the blog's lr 0.01 this network sits at ~10% for ~300 steps (LRN, dropout
+# and default init start slowly), so quick tests use lr 0.05, which escapes that plateau sooner.
+QUICK = dict(lr=0.05, batch_size=64, epochs=2)
+
+
+def quick_run(data: Path, out: Path, loader: str = "resident", subset: int = 1000, eval_subset: int = 200,
+              **changes) -> dict:
+    r = get_recipe("blog").replace(**{**QUICK, "loader": loader, **changes})
+    return fit(RunOptions(data=data, out=out, recipe=r, subset=subset, eval_subset=eval_subset, log_every=5))
+
+
+def cli(*args, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "alexpipe", *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_short_run_on_real_data_learns(real_data, tmp_path):
+    summary = quick_run(real_data, tmp_path / "run", subset=5000, eval_subset=1000, epochs=4)
+    hist = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["type"] == "epoch"]
+    assert hist[-1]["val_acc"] >= 0.20, hist  # chance is 0.10
+    assert summary["test_acc"] >= 0.20 and summary["test_images"] == 1000
+
+
+@pytest.mark.parametrize("loader", ["torchvision", "dali", "ffcv"])
+def test_smoke_run_with_every_other_loader(real_data, tmp_path, loader):
+    summary = quick_run(real_data, tmp_path / loader, loader=loader, subset=640, eval_subset=200, epochs=1)
+    assert summary["epochs"] == 1 and summary["test_images"] == 200
+    (rec,) = [r for r in read_jsonl(tmp_path / loader / "metrics.jsonl") if r["type"] == "epoch"]
+    assert rec["train_images"] == 640 and np.isfinite(rec["train_loss"])
+
+
+def test_metrics_file_and_curves_hold_what_they_claim(real_data, tmp_path):
+    out = tmp_path / "run"
+    summary = quick_run(real_data, out, subset=500, eval_subset=100, epochs=2)
+    records = read_jsonl(out / "metrics.jsonl")
+    assert [r["type"] for r in records] == ["config", "epoch", "epoch", "test"]
+    cfg, e1, e2, test = records
+    assert cfg["recipe"]["lr"] == 0.05 and cfg["git_commit"] and cfg["subset"] == 500
+    for r in (e1, e2):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "images_per_s",
+                    "data_wait_fraction", "epoch_seconds", "wall_seconds"):
+            assert key in r and np.isfinite(r[key])
+        assert 0 <= r["data_wait_fraction"] <= 1 and r["train_images"] == 448  # 7 full batches of 64
+    assert e2["wall_seconds"] > e1["wall_seconds"]
+    assert test["test_acc"] == summary["test_acc"] and np.array(test["confusion"]).sum() == 100
+    img = np.asarray(Image.open(out / "curves.png").convert("L"), dtype=float)
+    assert img.shape[1] > img.shape[0] > 300 and img.std() > 10  # a real two-panel figure, not blank
+    ckpt = checkpoint.load(out / "last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["history"][-1]["val_acc"] == e2["val_acc"]
+    assert ckpt["best"]["epoch"] in (1, 2) and (out / "best.pt").exists()
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
+    end = time.time() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early:\n{proc.stdout.read()}")
+        if time.time() > end:
+            proc.kill()
+            raise AssertionError("timed out waiting for the training subprocess")
+        time.sleep(0.05)
+
+
+def test_killed_and_resumed_run_equals_uninterrupted_run(real_data, tmp_path):
+    args = ["train", "--data", real_data, "--subset", 1000, "--eval-subset", 200, "--epochs", 3, "--lr", 0.05,
+            "--batch-size", 50, "--log-every", 5]
+    whole = cli(*args, "--out", tmp_path / "whole")
+    assert whole.wait(timeout=600) == 0, whole.stdout.read()
+
+    cut = tmp_path / "cut"
+    proc = cli(*args, "--out", cut)
+    _wait_for(lambda: (cut / "last.pt").exists(), 600, proc)
+    time.sleep(1.0)  # well into epoch 2 (20 steps of 50 images)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert checkpoint.load(cut / "last.pt")["epoch"] == 1, "the kill must land inside epoch 2"
+    resumed = cli("train", "--out", cut, "--resume")
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    assert "resuming" in output
+
+    a, b = checkpoint.load(tmp_path / "whole" / "last.pt"), checkpoint.load(cut / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    timing = {"train_seconds", "images_per_s", "data_wait_fraction", "epoch_seconds", "wall_seconds",
+              "mean_images_per_s"}
+    strip = lambda recs: [{k: v for k, v in r.items() if k not in timing} for r in recs]  # noqa: E731
+    ma = [r for r in read_jsonl(tmp_path / "whole" / "metrics.jsonl") if r["type"] in ("epoch", "test")]
+    mb = [r for r in read_jsonl(cut / "metrics.jsonl") if r["type"] in ("epoch", "test")]
+    assert strip(ma) == strip(mb)
+
+
+def test_resume_refuses_other_data_or_recipe(real_data, small_data, tmp_path):
+    out = tmp_path / "run"
+    quick_run(real_data, out, subset=200, eval_subset=100, epochs=1)
+    r = get_recipe("blog").replace(**{**QUICK, "epochs": 2})
+    with pytest.raises(TrainingError, match="recipe differs.*lr"):
+        fit(RunOptions(data=real_data, out=out, recipe=r.replace(lr=0.1), subset=200, eval_subset=100,
+                       resume=True))
+    with pytest.raises(TrainingError, match="train data differs"):
+        fit(RunOptions(data=small_data, out=out, recipe=r, subset=200, eval_subset=50, resume=True))
+    with pytest.raises(TrainingError, match="already holds a run"):
+        fit(RunOptions(data=real_data, out=out, recipe=r, subset=200, eval_subset=100))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(real_data, tmp_path):
+    out = tmp_path / "run"
+    # epoch 1 trains normally; then the lr jumps by 1e7 and the loss diverges in epoch 2
+    r = get_recipe("blog").replace(**{**QUICK, "epochs": 3, "step_epochs": (1,), "gamma": 1e7,
+                                      "clip_grad_norm": None})
+    with pytest.raises(TrainingError, match="non-finite.*epoch 2"):
+        fit(RunOptions(data=real_data, out=out, recipe=r, subset=200, eval_subset=100, log_every=1))
+    kept = checkpoint.load(out / "last.pt")
+    assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values())
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "epoch"] == [1]
+
+
+def test_ctrl_c_exits_cleanly_with_a_resumable_checkpoint(real_data, tmp_path):
+    out = tmp_path / "run"
+    proc = cli("train", "--data", real_data, "--out", out, "--subset", 1000, "--eval-subset", 200, "--epochs", 5,
+               "--lr", 0.05, "--batch-size", 50)
+    _wait_for(lambda: (out / "last.pt").exists(), 600, proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1 and "--resume" in " ".join(output.split()) and "Traceback" not in output
+    assert checkpoint.load(out / "last.pt")["epoch"] >= 1
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_blog_step_schedule_at_epochs_30_and_31():
+    r = get_recipe("blog")
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer(model, r)
+    s = Schedule(opt, r, steps_per_epoch=10)
+    lrs = {}
+    for epoch in range(1, 33):
+        lrs[epoch] = s.lr  # the lr an epoch trains with
+        s.after_epoch(val_loss=1.0)
+    assert lrs[1] == lrs[30] == pytest.approx(0.01) and lrs[31] == lrs[32] == pytest.approx(0.001)
+
+
+def test_paper_plateau_schedule_divides_by_ten():
+    r = get_recipe("paper")
+    s = Schedule(build_optimizer(torch.nn.Linear(2, 2), r), r, steps_per_epoch=10)
+    for loss in [2.0, 1.5, 1.2]:  # improving: no change
+        s.after_epoch(loss)
+    assert s.lr == pytest.approx(0.01)
+    for _ in range(r.patience + 1):  # stuck
+        s.after_epoch(1.2)
+    assert s.lr == pytest.approx(0.001)
+
+
+def test_onecycle_warms_up_then_anneals_and_resumes():
+    r = get_recipe("fast").replace(epochs=4, warmup_epochs=1.0)
+    opt = build_optimizer(torch.nn.Linear(2, 2), r)
+    s = Schedule(opt, r, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(s.lr)
+        opt.step()
+        s.after_step()
+    assert lrs[0] == pytest.approx(r.lr / 10) and max(lrs) == pytest.approx(r.lr) and lrs[9] == pytest.approx(r.lr)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < r.lr * 0.01
+    s2 = Schedule(build_optimizer(torch.nn.Linear(2, 2), r), r, steps_per_epoch=10)
+    s2.load_state_dict(s.state_dict())
+    assert s2.sched.last_epoch == 40
+
+
+def _one_step(monkeypatch, r: Recipe, amp: str):
+    """Run one real training step of the CIFAR AlexNet; return (conv1 output dtype, grad norms)."""
+    from train import loop
+
+    seen, norms = {}, []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def spy_clip(params, max_norm, *a, **k):
+        params = list(params)
+        total = real_clip(params, max_norm, *a, **k)
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        norms.append((float(total), float(after)))
+        return total
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy_clip)
+    torch.manual_seed(0)
+    model = build_model()
+    model.conv1.register_forward_hook(lambda m, i, o: seen.setdefault("dtype", o.dtype))
+    x = torch.randn(16, 3, 32, 32) * 20  # large inputs: large gradients
+    y = torch.randint(0, 10, (16,))
+    opt = build_optimizer(model, r)
+    amp_dtype = loop.resolve_amp(amp, torch.device("cpu"))
+    loop.train_epoch(model, [(x, y)], opt, Schedule(opt, r, 1), None, amp_dtype, r, torch.device("cpu"),
+                     loop.distributed.World(), None, 1, 1)
+    return seen["dtype"], norms
+
+
+def test_gradient_clipping_engages(monkeypatch):
+    _, norms = _one_step(monkeypatch, get_recipe("blog"), "off")
+    (before, after), = norms
+    assert before > 2.0 and after == pytest.approx(2.0, rel=1e-3)
+    _, norms = _one_step(monkeypatch, get_recipe("paper"), "off")
+    assert norms == []  # the paper recipe does not clip
+
+
+def test_amp_dtype_is_used_in_the_forward_pass(monkeypatch):
+    assert _one_step(monkeypatch, get_recipe("blog"), "bf16")[0] == torch.bfloat16
+    assert _one_step(monkeypatch, get_recipe("blog"), "off")[0] == torch.float32
+
+
+def test_cli_rejects_bad_options(tmp_path, small_data):
+    from typer.testing import CliRunner
+
+    from alexpipe.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "--data", str(small_data), "--out", str(tmp_path / "r"), "--loader", "nope"])
+    assert res.exit_code == 1 and "loader must be one of" in res.output
+    res = runner.invoke(app, ["train", "--out", str(tmp_path / "none"), "--resume"])
+    assert res.exit_code == 1 and "no run to resume" in res.output
+    res = runner.invoke(app, ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")])
+    assert res.exit_code == 1 and "alexpipe convert" in res.output
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "nothing.pt"), "--data", str(small_data)])
+    assert res.exit_code == 1 and "no such checkpoint" in res.output
+
+
+def test_evaluate_command_reports_per_class(real_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from alexpipe.cli import app
+
+    out = tmp_path / "run"
+    quick_run(real_data, out, subset=200, eval_subset=100, epochs=1)
+    res = CliRunner().invoke(app, ["evaluate", str(out / "best.pt"), "--data", str(real_data), "--split", "val",
+                                   "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "e.json").read_text())
+    assert got["images"] == 10_000 and np.array(got["confusion"]).sum() == 10_000
+    assert set(got["per_class_acc"]) == {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                         "ship", "truck"}
+    assert "top-1" in res.output

@@ -1,0 +1,83 @@
+"""Checkpoints that resume exactly and load without running code.
+
+Everything is stored as tensors and plain Python values (RNG states included),
+so `torch.load(weights_only=True)` can read it: a checkpoint from elsewhere
+cannot execute anything. Writes go to a temporary file renamed into place, so
+an interruption leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "alexpipe-checkpoint"
+VERSION = 1
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator the loop touches (dropout, any numpy/python use)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": _python_state_to_plain(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    random.setstate(_python_state_from_plain(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_state_to_plain(s: tuple) -> list:
+    version, internal, gauss = s
+    return [version, list(internal), gauss]
+
+
+def _python_state_from_plain(s: list) -> tuple:
+    version, internal, gauss = s
+    return (version, tuple(internal), gauss)
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary sibling, fsync, rename over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, "version": VERSION, **obj}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by `save_atomic`; ValueError with one sentence otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickle errors, truncated zip, refused globals: all one message
+        raise ValueError(f"{path}: not a readable alexpipe checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an alexpipe checkpoint")
+    if ckpt.get("version") != VERSION:
+        raise ValueError(f"{path}: checkpoint version {ckpt.get('version')} is not {VERSION}")
+    return ckpt
