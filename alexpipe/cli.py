@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+import bench.cli
 import pipeline.cli
 import train.cli
 
@@ -16,6 +17,7 @@ app = typer.Typer(
 )
 pipeline.cli.register(app)
 train.cli.register(app)
+bench.cli.register(app)
 
 
 def main() -> None:

@@ -1,1 +1,1 @@
-"""Placeholder package (filled by later work)."""
+"""Throughput benchmarks: every loader and the training step, beside the torchvision baseline."""

@@ -12,7 +12,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 from rich.table import Table
 
 from .convert import MANIFEST, convert, default_sources, steps_for
-from .download import OFFICIAL_MD5, OFFICIAL_URL, cache_dir, download
+from .cache import cache_dir
+from .download import OFFICIAL_MD5, OFFICIAL_URL, download
 from .errors import DataError
 from .fileformat import SPLITS, load_split, split_path, verify_split
 from .hashing import file_hexdigests

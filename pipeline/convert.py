@@ -34,7 +34,7 @@ def default_sources() -> list[Path]:
     places = []
     if os.environ.get("ALEXPIPE_CIFAR10"):
         places.append(Path(os.environ["ALEXPIPE_CIFAR10"]))
-    from .download import cache_dir
+    from .cache import cache_dir
 
     places += [Path("cifar-10-python.tar.gz"), Path("cifar-10-batches-py"),
                cache_dir() / "cifar-10-python.tar.gz"]

@@ -10,16 +10,13 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from .cache import cache_dir
 from .errors import DataError
 from .hashing import file_hexdigests
+from .sources import OFFICIAL_MD5 as SOURCE_MD5
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
-
-
-def cache_dir() -> Path:
-    """alexpipe's per-user cache: $XDG_CACHE_HOME/alexpipe, else ~/.cache/alexpipe."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alexpipe"
+OFFICIAL_MD5 = SOURCE_MD5["python"]
 
 
 def download(url: str = OFFICIAL_URL, dest_dir: Path | None = None, md5: str = OFFICIAL_MD5,

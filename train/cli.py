@@ -85,6 +85,8 @@ def train_cmd(
                                                       "changed recipe/dataset (the optimiser and lr schedule "
                                                       "then continue from their saved state)."),
     log_every: int = typer.Option(20, help="Steps between progress updates (each one syncs the device)."),
+    index_log: Optional[Path] = typer.Option(None, hidden=True, help="Test hook: append the train positions "
+                                                                     "each rank sees, as JSON lines."),
 ) -> None:
     """Train AlexNet on converted CIFAR-10 (default: the write-up's 49-epoch recipe)."""
     from .loop import RunOptions, TrainingError, fit
@@ -109,7 +111,7 @@ def train_cmd(
         _fail(str(exc))
     opts = RunOptions(data=data, out=out, recipe=r, device=device, amp=amp, channels_last=channels_last,
                       compile=compile, subset=subset, eval_subset=eval_subset, num_workers=workers, resume=resume,
-                      force=force, log_every=max(1, log_every),
+                      force=force, log_every=max(1, log_every), index_log=index_log,
                       command=" ".join(shlex.quote(a) for a in ["alexpipe", *sys.argv[1:]]))
     try:
         fit(opts)

@@ -6,6 +6,7 @@ are one step each.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -347,7 +348,7 @@ def _fit(opt: RunOptions, r: Recipe, world: distributed.World, device: torch.dev
             val = evaluate(net, val_loader, amp_dtype, r.tta_flip, num_classes, device, world)
             schedule.after_epoch(val["loss"])
             record = {"type": "epoch", "epoch": epoch, **stats, "val_loss": val["loss"], "val_acc": val["top1"],
-                      "val_top5": val["top5"], "lr": lr, "epoch_seconds": stats["train_seconds"],
+                      "val_top5": val["top5"], "val_images": val["images"], "lr": lr, "epoch_seconds": stats["train_seconds"],
                       "wall_seconds": time.perf_counter() - wall0}
             history.append(record)
             improved = val["top1"] > best["val_acc"]
@@ -385,12 +386,17 @@ def _fit(opt: RunOptions, r: Recipe, world: distributed.World, device: torch.dev
     # ---- test
     test_loader = make_loader(data, "test", r.loader, batch_size=eval_batch, indices=eval_indices("test"), **common)
     test = evaluate(net, test_loader, amp_dtype, r.tta_flip, num_classes, device, world)
+    digests = _gather_weight_digests(model, world)
+    if len(set(digests)) > 1:
+        raise TrainingError(f"the ranks ended with different weights ({len(set(digests))} distinct): "
+                            "data-parallel training went out of sync")
     last = history[-1]
     summary = {"type": "test", "test_loss": test["loss"], "test_acc": test["top1"], "test_top5": test["top5"],
                "test_images": test["images"], "confusion": test["confusion"], "final_train_acc": last["train_acc"],
                "final_val_acc": last["val_acc"], "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
                "epochs": last["epoch"], "wall_seconds": time.perf_counter() - wall0,
-               "mean_images_per_s": float(np.mean([h["images_per_s"] for h in history])), "classes": list(classes)}
+               "mean_images_per_s": float(np.mean([h["images_per_s"] for h in history])), "classes": list(classes),
+               "world_size": world.world_size, "rank_weight_digests": digests}
     if world.is_main:
         write_jsonl(out / "metrics.jsonl", [run_info, *history, summary])
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -400,6 +406,20 @@ def _fit(opt: RunOptions, r: Recipe, world: distributed.World, device: torch.dev
             f"(best {100 * best['val_acc']:.2f}% at epoch {best['epoch']}), {summary['wall_seconds'] / 60:.1f} min, "
             f"{summary['mean_images_per_s']:.0f} img/s", highlight=False)
     return summary
+
+
+def _gather_weight_digests(model: torch.nn.Module, world: distributed.World) -> list[str]:
+    """sha256 of every rank's final weights: DDP promises they are bit-identical; check it."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    digest = h.hexdigest()
+    if not world.distributed:
+        return [digest]
+    out: list = [None] * world.world_size
+    torch.distributed.all_gather_object(out, digest)
+    return out
 
 
 def _gather_rng(world: distributed.World):

@@ -32,6 +32,9 @@ class BatchParams:
     def from_numpy(cls, p, device: torch.device) -> "BatchParams":
         return cls(*(torch.as_tensor(np.asarray(v), device=device) for v in (p.dx, p.dy, p.flip, p.alpha)))
 
+    def take(self, index: torch.Tensor) -> "BatchParams":
+        return BatchParams(self.dx[index], self.dy[index], self.flip[index], self.alpha[index])
+
     @classmethod
     def sample(cls, n: int, sigma: float, generator: torch.Generator, device: torch.device) -> "BatchParams":
         """Draw from `generator` (which must live on `device`)."""

@@ -12,6 +12,9 @@
 namespace alexpipe {
 namespace {
 
+// kernel parameters are limited to 4 KiB on every architecture this is built for
+static_assert(sizeof(JitterLaunch) <= 4000, "JitterLaunch must fit in the kernel parameter space");
+
 constexpr int kBlockSize = 256;
 constexpr int kMaxBlocksPerSample = 64;
 

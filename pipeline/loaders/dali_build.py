@@ -17,7 +17,9 @@ so a half-written library is never loaded and concurrent builds are harmless.
   /usr/local/cuda-13.0, nvcc on PATH, /usr/local/cuda), for the architectures
   in $ALEXPIPE_CUDA_ARCH (default: DEFAULT_CUDA_ARCHS, plus PTX of the newest);
   the library then registers both the CPU and the GPU operator. Without nvcc
-  it is a CPU-only library.
+  it is a CPU-only library (still compiled against the CUDA headers, which
+  DALI's own headers include);
+- linked with nvidia.dali.sysconfig's link flags (and the static CUDA runtime).
 
 ALEXPIPE_DALI_PLUGIN=/path/to/lib.so loads a prebuilt library instead.
 
@@ -40,6 +42,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from ..cache import cache_dir
 
 OP_NAME = "AlexpipePcaJitter"
 FN_NAME = "alexpipe_pca_jitter"
@@ -70,10 +74,7 @@ def dali_version() -> str:
 
 def cache_root() -> Path:
     """The folder holding one sub-folder per (DALI version, source hash)."""
-    if os.environ.get("ALEXPIPE_CACHE_DIR"):
-        return Path(os.environ["ALEXPIPE_CACHE_DIR"]) / "dali_plugin"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "alexpipe" / "dali_plugin"
+    return cache_dir() / "dali_plugin"
 
 
 def find_cuda_home() -> Optional[Path]:
@@ -90,15 +91,11 @@ def find_cuda_home() -> Optional[Path]:
 
 
 def _cuda_header_dir(cuda_home: Optional[Path]) -> Optional[Path]:
-    """Where cuda_runtime.h is (DALI's headers include it even for CPU code): the toolkit or a pip wheel."""
-    dirs = [cuda_home / "include"] if cuda_home else []
-    try:
-        import nvidia
-
-        for root in nvidia.__path__:
-            dirs += sorted(Path(root).glob("*/include"))
-    except ImportError:
-        pass
+    """Where cuda_runtime.h is: DALI's headers include it even for CPU code, so a CPU-only build needs
+    the toolkit's headers too (an installed toolkit without nvcc will do)."""
+    roots = [cuda_home, os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda-13.0",
+             "/usr/local/cuda", "/usr"]
+    dirs = [Path(r) / "include" for r in roots if r]
     return next((d for d in dirs if (d / "cuda_runtime.h").is_file()), None)
 
 

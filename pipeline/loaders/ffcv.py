@@ -7,9 +7,12 @@ Pipelines (`augment_on="cpu"`, the default off CUDA; all numba, `num_workers` th
            SimpleRGBImageDecoder -> NormalizeImage                     -> ToTensor   val / test
     label  IntDecoder -> LabelWithIndex -> ToTensor
 
-(plus ToDevice when the target is not the CPU), then one torch permute + cast
-to NCHW in the requested dtype and memory format. That last step always copies:
-FFCV recycles its output buffers a few batches later. FFCV's own
+(plus ToDevice when the target is not the CPU), then one copy into NCHW of the
+requested dtype and memory format (a permute is all channels_last needs). The
+copy is not optional: FFCV recycles its output buffers a few batches later.
+For float32 on the CPU it is a single-threaded NumPy copy, because a torch copy
+wakes torch's thread pool on every batch to fight FFCV's numba threads for the
+cores (4-6x slower end to end on this 2-core machine). FFCV's own
 `NormalizeImage` is used where it has exactly the meaning (uint8 -> normalised
 float32); translate/flip/jitter are this project's ops (ffcv_ops/) because
 FFCV's random transforms cannot be seeded per epoch.
@@ -165,6 +168,13 @@ class FfcvLoader(BaseLoader):
         c = self.cfg
         x = images.permute(0, 3, 1, 2)
         if not self.on_device:
+            if c.dtype == torch.float32 and images.device.type == "cpu":
+                # a single-threaded NumPy copy: a torch copy would wake torch's thread pool on every batch,
+                # competing for the cores with FFCV's numba threads (several times slower on 2 cores)
+                a = images.numpy()
+                if c.channels_last:
+                    return torch.from_numpy(a.copy()).permute(0, 3, 1, 2)
+                return torch.from_numpy(a.transpose(0, 3, 1, 2).copy(order="C"))
             fmt = torch.channels_last if c.channels_last else torch.contiguous_format
             return x.to(dtype=c.dtype, memory_format=fmt, copy=True)
         alpha = self._alphas(index.numpy()) if c.jitter else None

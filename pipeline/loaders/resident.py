@@ -30,27 +30,32 @@ class ResidentLoader(BaseLoader):
         self.labels = self.split.labels.to(dev)
         self.norm = Normaliser(self.split.meta.stats, cfg.pca, dev)
         self.explicit = cfg.params
+        self._explicit_table: Optional[BatchParams] = None
         # the plain batched path is the reference; torch.compile fuses it into one kernel where that pays
         self._augment = torch.compile(augment, dynamic=False) if compile else augment
 
-    def _generator(self) -> torch.Generator:
-        # one stream per (seed, epoch, rank): reproducible, and ranks draw differently
-        g = torch.Generator(device=self.cfg.device)
-        g.manual_seed(mix_seed(self.cfg.seed, self.epoch, self.cfg.rank))
-        return g
+    def epoch_params(self) -> BatchParams:
+        """Parameters for every image of the split this epoch, drawn at once on the device.
+
+        Drawn from (seed, epoch) alone, so an image's augmentation does not depend
+        on the rank, the world size or the batch it lands in: one process and N
+        processes see the same augmented data.
+        """
+        c = self.cfg
+        if self.explicit is not None:
+            if self._explicit_table is None:
+                self._explicit_table = BatchParams.from_numpy(self.explicit, c.device)
+            return self._explicit_table
+        g = torch.Generator(device=c.device)
+        g.manual_seed(mix_seed(c.seed, self.epoch))
+        return BatchParams.sample(len(self.split), c.pca_sigma, g, c.device)
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         c = self.cfg
-        dev = c.device
-        order = torch.as_tensor(self.order(), device=dev)
-        gen = self._generator() if c.augment and self.explicit is None else None
+        order = torch.as_tensor(self.order(), device=c.device)
+        table = self.epoch_params() if c.augment else None
         for start in range(0, len(self) * c.batch_size, c.batch_size):
             idx = order[start:start + c.batch_size]
-            if not c.augment:
-                p = None
-            elif self.explicit is not None:
-                p = BatchParams.from_numpy(self.explicit.take(idx.cpu().numpy()), dev)
-            else:
-                p = BatchParams.sample(len(idx), c.pca_sigma, gen, dev)
+            p = table.take(idx) if table is not None else None
             x = self._augment(self.source, idx, p, self.norm, c.dtype, c.channels_last, c.jitter)
             yield self._emit(x, self.labels[idx], idx)

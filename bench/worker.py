@@ -1,0 +1,168 @@
+"""One benchmark configuration in its own process.
+
+The harness starts `python -m bench.worker CONFIG_JSON`; the worker builds the
+configuration, warms it up (JIT, plugin build, first epoch of compiling
+loaders), answers "ready", then times one window per "measure" request. Its
+stdout is reserved for this protocol (one JSON object per line): anything a
+library prints goes to stderr instead.
+
+Kinds: "loader" (a backend alone), "train" (loader + full training step),
+"model" (the training step on one fixed batch: the ceiling no loader can beat),
+and "fake" (a calibrated loader that sleeps, to test the harness itself).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Iterator
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Endless:
+    """Batches forever: a new epoch (set_epoch) whenever one ends."""
+
+    def __init__(self, loader):
+        self.loader, self.epoch = loader, 0
+        self.it: Iterator = iter(loader)
+
+    def next(self):
+        try:
+            return next(self.it)
+        except StopIteration:
+            self.epoch += 1
+            self.loader.set_epoch(self.epoch)
+            self.it = iter(self.loader)
+            return next(self.it)
+
+
+class _FakeLoader:
+    """Yields a fixed batch at `rate` images/s (sleeping): a loader of known speed."""
+
+    def __init__(self, rate: float, batch_size: int, batches: int = 50):
+        import torch
+
+        self.rate, self.batch_size, self.batches = rate, batch_size, batches
+        self.x = torch.zeros(batch_size, 3, 32, 32)
+        self.y = torch.zeros(batch_size, dtype=torch.int64)
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        for _ in range(self.batches):
+            time.sleep(self.batch_size / self.rate)
+            yield self.x, self.y
+
+
+def build(cfg: dict[str, Any]) -> tuple[Callable[[], int], Callable[[], float], Any]:
+    """(step: runs one unit of work and returns its image count, wait: seconds spent in the loader so far,
+    device)."""
+    import torch
+
+    if cfg["kind"] == "fake":
+        if cfg.get("fail"):
+            raise RuntimeError(cfg["fail"])
+        src = _Endless(_FakeLoader(cfg["rate"], cfg["batch_size"]))
+        return (lambda: len(src.next()[1])), (lambda: 0.0), torch.device("cpu")
+
+    from pipeline import make_loader
+
+    device = torch.device(cfg["device"])
+    dtype = getattr(torch, DTYPES[cfg["dtype"]])
+    waited = [0.0]
+    loader = None
+    if cfg["kind"] in ("loader", "train"):
+        loader = make_loader(cfg["data"], "train", cfg["backend"], device=device, batch_size=cfg["batch_size"],
+                             dtype=dtype, channels_last=cfg["channels_last"], augment=cfg["augment"],
+                             pca=cfg["pca"], num_workers=cfg["workers"], seed=0)
+        src = _Endless(loader)
+
+        def next_batch():
+            t = time.perf_counter()
+            b = src.next()
+            waited[0] += time.perf_counter() - t
+            return b
+
+    if cfg["kind"] == "loader":
+        return (lambda: len(next_batch()[1])), (lambda: waited[0]), device
+
+    from model import build_model
+    from train.recipes import get_recipe
+    from train.schedule import build_optimizer
+
+    torch.manual_seed(0)
+    model = build_model().to(device)
+    if cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, get_recipe("blog"))
+    amp = dtype if dtype != torch.float32 else None
+    fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
+    fixed = (torch.randn(cfg["batch_size"], 3, 32, 32, device=device).to(dtype).contiguous(memory_format=fmt),
+             torch.randint(0, 10, (cfg["batch_size"],), device=device))
+
+    def step() -> int:
+        x, y = next_batch()[:2] if loader is not None else fixed
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
+        opt.step()
+        return y.shape[0]
+
+    return step, (lambda: waited[0]), device
+
+
+def main() -> None:
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # library chatter goes to stderr, never into the protocol
+    cfg = json.loads(sys.argv[1])
+
+    def say(**msg: Any) -> None:
+        proto.write(json.dumps(msg) + "\n")
+
+    try:
+        t0 = time.perf_counter()
+        step, wait, device = build(cfg)
+        # warm-up: JIT / plugin builds happen in the first steps; compiling loaders get a whole epoch
+        images, epochs_needed = 0, cfg.get("warmup_images", 0)
+        while time.perf_counter() - t0 < cfg.get("warmup_seconds", 2.0) or images < epochs_needed:
+            images += step()
+        _sync(device)
+        say(event="ready", warmup_seconds=time.perf_counter() - t0)
+    except Exception as exc:  # report, don't crash the whole benchmark
+        say(event="unavailable", reason=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+        return
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req["cmd"] != "measure":
+            break
+        for _ in range(req.get("settle", 0)):  # drain what was prefetched while idle
+            step()
+        _sync(device)
+        w0, t0, images = wait(), time.perf_counter(), 0
+        while True:
+            images += step()
+            if time.perf_counter() - t0 >= req["duration"]:
+                break
+        _sync(device)
+        seconds = time.perf_counter() - t0
+        say(event="sample", images=images, seconds=seconds, wait_seconds=wait() - w0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The benchmark harness: ordering and ratios of loaders of known speed, reports, failures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from bench import harness, report
+
+jsonschema = pytest.importorskip("jsonschema", reason="jsonschema comes with the dev extra")
+
+
+def _doc(outcomes, baseline="slow"):
+    settings = {"repeats": 3, "duration": 1.0, "settle": 2, "warmup_seconds": 0.2, "device": "cpu", "dtype": "fp32",
+                "channels_last": False, "augment": True, "pca": "blog", "workers": 0, "batch_sizes": [64],
+                "backends": ["slow", "fast"]}
+    return report.document(harness.summarise(outcomes, baseline_backend=baseline), settings)
+
+
+def test_fake_loaders_of_known_speed_order_and_ratio(tmp_path):
+    configs = [harness.Config(kind="fake", backend="slow", batch_size=64, rate=1500.0),
+               harness.Config(kind="fake", backend="fast", batch_size=64, rate=6000.0),
+               harness.Config(kind="fake", backend="broken", batch_size=64, fail="DALI is not installed")]
+    outcomes = harness.run(configs, repeats=3, duration=1.0, settle=2, warmup_seconds=0.2)
+    doc = _doc(outcomes)
+    res = {r["backend"]: r for r in doc["results"]}
+    slow, fast, broken = res["slow"], res["fast"], res["broken"]
+    assert len(slow["samples"]) == len(fast["samples"]) == 3
+    assert fast["images_per_s"]["median"] > slow["images_per_s"]["median"]
+    assert fast["ratio"]["median"] == pytest.approx(4.0, rel=0.25)
+    assert len(fast["ratio"]["per_round"]) == 3 and slow["ratio"]["median"] == pytest.approx(1.0)
+    # a backend that cannot start is reported with its reason, not a crash
+    assert broken["status"] == "unavailable" and "DALI is not installed" in broken["reason"]
+    assert broken["samples"] == [] and broken["ratio"] is None
+
+    jsonschema.validate(doc, json.loads(report.SCHEMA_PATH.read_text()))
+    paths = report.write_all(doc, tmp_path / "out")
+    assert [p.name for p in paths] == ["bench.json", "bench.md", "bench.png"]
+    assert json.loads(paths[0].read_text()) == json.loads(json.dumps(doc))
+    md = paths[1].read_text()
+    assert "| fake/fast/b64 |" in md and "unavailable" in md and "4." in md
+    assert Image.open(paths[2]).size[0] > 500
+
+
+def test_schema_rejects_a_malformed_document():
+    outcomes = [harness.Outcome(harness.Config(kind="fake", backend="slow", batch_size=8),
+                                samples=[{"round": 0, "images": 8, "seconds": 0.1, "images_per_s": 80.0,
+                                          "wait_fraction": 0.0}])]
+    doc = _doc(outcomes)
+    schema = json.loads(report.SCHEMA_PATH.read_text())
+    jsonschema.validate(doc, schema)
+    del doc["results"][0]["images_per_s"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, schema)
+
+
+def test_real_backends_loader_train_and_ceiling(small_data, tmp_path):
+    common = dict(batch_size=32, workers=0, dtype="fp32", data=str(small_data))
+    configs = [harness.Config(kind="loader", backend="torchvision", **common),
+               harness.Config(kind="loader", backend="resident", **common),
+               harness.Config(kind="train", backend="torchvision", **common),
+               harness.Config(kind="train", backend="resident", **common),
+               harness.Config(kind="model", **common),
+               harness.Config(kind="loader", backend="resident", **{**common, "data": str(tmp_path / "missing")})]
+    outcomes = harness.run(configs, repeats=1, duration=0.3, settle=1, warmup_seconds=0.1)
+    records = harness.summarise(outcomes)
+    by = {(r["id"], r["data"]): r for r in records}
+    ok = [r for r in records if r["status"] == "ok"]
+    assert len(ok) == 5
+    train = by["train/resident/b32", str(small_data)]
+    assert train["ceiling"] == "model/ceiling/b32" and train["of_ceiling"]["median"] > 0
+    assert 0 <= train["wait_fraction"]["median"] <= 1
+    assert by["loader/resident/b32", str(small_data)]["baseline"] == "loader/torchvision/b32"
+    missing = by["loader/resident/b32", str(tmp_path / "missing")]
+    assert missing["status"] == "unavailable" and "alexpipe convert" in missing["reason"]
+
+
+def test_cli_refuses_unconverted_data(tmp_path):
+    from typer.testing import CliRunner
+
+    from alexpipe.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "loaders", "--data", str(tmp_path)])
+    assert res.exit_code == 1 and "alexpipe convert" in res.output
+    res = CliRunner().invoke(app, ["bench", "nonsense", "--data", str(tmp_path)])
+    assert res.exit_code != 0
