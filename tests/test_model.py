@@ -23,6 +23,19 @@ def test_alexnet_imagenet_shape_and_classes():
     assert build_model("alexnet", num_classes=5).fc3.out_features == 5
 
 
+@pytest.mark.parametrize("shape", [(4, 64, 17, 17), (2, 5, 3, 3), (2, 2, 4, 4)])
+def test_local_response_norm_equals_torch(shape):
+    from model.alexnet import LocalResponseNorm
+
+    torch.manual_seed(0)
+    x = (torch.randn(shape) * 30).requires_grad_()
+    ours, ref = LocalResponseNorm(5, 1e-4, 0.75, 2.0), torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-6)
+    g1, = torch.autograd.grad(ours(x).square().sum(), x)
+    g2, = torch.autograd.grad(ref(x).square().sum(), x)
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+
+
 def test_channels_last_gives_the_same_logits():
     torch.manual_seed(0)
     m = AlexNetCIFAR().eval()

@@ -254,7 +254,7 @@ def fit(opt: RunOptions) -> dict[str, Any]:
 
 def _fit(opt: RunOptions, r: Recipe, world: distributed.World, device: torch.device) -> dict[str, Any]:
     out = Path(opt.out)
-    last_path, best_path = out / "last.pt", out / "best.pt"
+    last_path = out / "last.pt"
     if world.is_main:
         if last_path.exists() and not opt.resume and not opt.force:
             raise TrainingError(f"{out} already holds a run (last.pt); pass --resume to continue it, "
@@ -335,53 +335,39 @@ def _fit(opt: RunOptions, r: Recipe, world: distributed.World, device: torch.dev
                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console, transient=True)
            if world.is_main else None)
     epoch = start_epoch - 1
-    stop = GracefulInterrupt()
-    try:
-        stop.__enter__()
-        if bar:
-            bar.start()
-        for epoch in range(start_epoch, r.epochs + 1):
-            train_loader.set_epoch(epoch)
-            lr = schedule.lr
-            stats = train_epoch(net, train_loader, optimizer, schedule, scaler, amp_dtype, r, device, world, bar,
-                                epoch, opt.log_every, opt.index_log, stop)
-            val = evaluate(net, val_loader, amp_dtype, r.tta_flip, num_classes, device, world)
-            schedule.after_epoch(val["loss"])
-            record = {"type": "epoch", "epoch": epoch, **stats, "val_loss": val["loss"], "val_acc": val["top1"],
-                      "val_top5": val["top5"], "val_images": val["images"], "lr": lr, "epoch_seconds": stats["train_seconds"],
-                      "wall_seconds": time.perf_counter() - wall0}
-            history.append(record)
-            improved = val["top1"] > best["val_acc"]
-            if improved:
-                best = {"val_acc": val["top1"], "epoch": epoch}
-            rngs = _gather_rng(world)
-            if world.is_main:
-                state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                         "rng": rngs, "recipe": r.to_dict(), "data": identity, "history": history,
-                         "best": best, "classes": list(classes), "run": run_info}
-                checkpoint.save_atomic(state, last_path)
+    with GracefulInterrupt() as stop:  # the first Ctrl-C only raises a flag, checked between steps
+        try:
+            if bar:
+                bar.start()
+            for epoch in range(start_epoch, r.epochs + 1):
+                train_loader.set_epoch(epoch)
+                lr = schedule.lr
+                stats = train_epoch(net, train_loader, optimizer, schedule, scaler, amp_dtype, r, device, world, bar,
+                                    epoch, opt.log_every, opt.index_log, stop)
+                val = evaluate(net, val_loader, amp_dtype, r.tta_flip, num_classes, device, world)
+                schedule.after_epoch(val["loss"])
+                record = {"type": "epoch", "epoch": epoch, **stats, "val_loss": val["loss"],
+                          "val_acc": val["top1"], "val_top5": val["top5"], "val_images": val["images"], "lr": lr,
+                          "epoch_seconds": stats["train_seconds"], "wall_seconds": time.perf_counter() - wall0}
+                history.append(record)
+                improved = val["top1"] > best["val_acc"]
                 if improved:
-                    checkpoint.save_atomic(state, best_path)
-                write_jsonl(out / "metrics.jsonl", [run_info, *history])
-                plot_curves(history, out / "curves.png", title=f"alexpipe {r.name} recipe")
-                console.print(
-                    f"epoch {epoch:3d}/{r.epochs}  train loss {record['train_loss']:.4f} acc "
-                    f"{100 * record['train_acc']:5.2f}%  val loss {record['val_loss']:.4f} acc "
-                    f"{100 * record['val_acc']:5.2f}%  lr {lr:.2e}  {record['images_per_s']:6.0f} img/s  "
-                    f"data wait {100 * record['data_wait_fraction']:4.1f}%  {record['epoch_seconds']:5.1f}s",
-                    highlight=False)
-            distributed.barrier(world)
-    except (Interrupted, KeyboardInterrupt):
-        if bar:
-            bar.stop()
-        done = f"{last_path} holds the end of epoch {epoch - 1}" if epoch > 1 else "no epoch had finished"
-        raise TrainingError(f"interrupted during epoch {epoch}; {done}: "
-                            f"continue with `alexpipe train --out {out} --resume`") from None
-    finally:
-        stop.__exit__()
-        if bar:
-            bar.stop()
+                    best = {"val_acc": val["top1"], "epoch": epoch}
+                rngs = _gather_rng(world)
+                if world.is_main:
+                    state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                             "rng": rngs, "recipe": r.to_dict(), "data": identity, "history": history,
+                             "best": best, "classes": list(classes), "run": run_info}
+                    _publish_epoch(out, state, improved, run_info, r)
+                distributed.barrier(world)
+        except (Interrupted, KeyboardInterrupt):
+            done = f"{last_path} holds the end of epoch {epoch - 1}" if epoch > 1 else "no epoch had finished"
+            raise TrainingError(f"interrupted during epoch {epoch}; {done}: "
+                                f"continue with `alexpipe train --out {out} --resume`") from None
+        finally:
+            if bar:
+                bar.stop()
 
     # ---- test
     test_loader = make_loader(data, "test", r.loader, batch_size=eval_batch, indices=eval_indices("test"), **common)
@@ -406,6 +392,22 @@ def _fit(opt: RunOptions, r: Recipe, world: distributed.World, device: torch.dev
             f"(best {100 * best['val_acc']:.2f}% at epoch {best['epoch']}), {summary['wall_seconds'] / 60:.1f} min, "
             f"{summary['mean_images_per_s']:.0f} img/s", highlight=False)
     return summary
+
+
+def _publish_epoch(out: Path, state: dict[str, Any], improved: bool, run_info: dict, r: Recipe) -> None:
+    """Rank 0, end of an epoch: checkpoints first (atomic), then the metrics file, the curves, one line."""
+    checkpoint.save_atomic(state, out / "last.pt")
+    if improved:
+        checkpoint.save_atomic(state, out / "best.pt")
+    history = state["history"]
+    write_jsonl(out / "metrics.jsonl", [run_info, *history])
+    plot_curves(history, out / "curves.png", title=f"alexpipe {r.name} recipe")
+    rec = history[-1]
+    console.print(
+        f"epoch {rec['epoch']:3d}/{r.epochs}  train loss {rec['train_loss']:.4f} acc {100 * rec['train_acc']:5.2f}%  "
+        f"val loss {rec['val_loss']:.4f} acc {100 * rec['val_acc']:5.2f}%  lr {rec['lr']:.2e}  "
+        f"{rec['images_per_s']:6.0f} img/s  data wait {100 * rec['data_wait_fraction']:4.1f}%  "
+        f"{rec['epoch_seconds']:5.1f}s", highlight=False)
 
 
 def _gather_weight_digests(model: torch.nn.Module, world: distributed.World) -> list[str]:
