@@ -269,3 +269,16 @@ def test_evaluate_command_reports_per_class(real_data, tmp_path):
     assert set(got["per_class_acc"]) == {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                                          "ship", "truck"}
     assert "top-1" in res.output
+
+
+def test_scale_lr_applies_the_linear_rule(small_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from alexpipe.cli import app
+
+    out = tmp_path / "r"
+    res = CliRunner().invoke(app, ["train", "--data", str(small_data), "--out", str(out), "--epochs", "1",
+                                   "--batch-size", "64", "--scale-lr", "--subset", "200", "--eval-subset", "50"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["recipe"]["lr"] == pytest.approx(0.01 * 64 / 128) and cfg["recipe"]["batch_size"] == 64

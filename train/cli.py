@@ -85,6 +85,11 @@ def train_cmd(
                                                       "changed recipe/dataset (the optimiser and lr schedule "
                                                       "then continue from their saved state)."),
     log_every: int = typer.Option(20, help="Steps between progress updates (each one syncs the device)."),
+    scale_lr: bool = typer.Option(False, "--scale-lr", help="Linear scaling rule: multiply lr by batch size / the "
+                                                            "recipe's batch size (off: a recipe means the same "
+                                                            "thing on 1 or N processes at the same global batch)."),
+    dist_timeout: float = typer.Option(600.0, help="Seconds a distributed collective may wait before the job "
+                                                   "fails (a crashed or stuck rank ends the run, not hangs it)."),
     index_log: Optional[Path] = typer.Option(None, hidden=True, help="Test hook: append the train positions "
                                                                      "each rank sees, as JSON lines."),
 ) -> None:
@@ -107,11 +112,14 @@ def train_cmd(
         else:
             base = get_recipe(recipe or "blog")
         r = base.replace(**changes)
+        if scale_lr:
+            r = r.replace(lr=r.lr * r.batch_size / base.batch_size)
     except (ValueError, TypeError) as exc:
         _fail(str(exc))
     opts = RunOptions(data=data, out=out, recipe=r, device=device, amp=amp, channels_last=channels_last,
                       compile=compile, subset=subset, eval_subset=eval_subset, num_workers=workers, resume=resume,
                       force=force, log_every=max(1, log_every), index_log=index_log,
+                      dist_timeout=dist_timeout,
                       command=" ".join(shlex.quote(a) for a in ["alexpipe", *sys.argv[1:]]))
     try:
         fit(opts)

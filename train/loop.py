@@ -64,6 +64,7 @@ class RunOptions:
     log_every: int = 20
     command: str = ""
     index_log: Optional[Path] = None  # test hook: append the train indices each rank sees
+    dist_timeout: float = 600.0  # seconds before a stuck collective fails the job
 
 
 # ---------------------------------------------------------------- setup helpers
@@ -245,7 +246,7 @@ def fit(opt: RunOptions) -> dict[str, Any]:
     device = resolve_device(opt.device, world)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    distributed.init(world, device)
+    distributed.init(world, device, opt.dist_timeout)
     try:
         return _fit(opt, r, world, device)
     finally:
@@ -301,7 +302,7 @@ def _fit(opt: RunOptions, r: Recipe, world: distributed.World, device: torch.dev
     start_epoch, best = 1, {"val_acc": -1.0, "epoch": 0}
     if opt.resume:
         ckpt = checkpoint.load(last_path)
-        _check_resumable(ckpt, r, identity, opt.force)
+        _check_resumable(ckpt, r, identity, opt.force, world)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["schedule"])
@@ -434,7 +435,10 @@ def _gather_rng(world: distributed.World):
     return states
 
 
-def _check_resumable(ckpt: dict, r: Recipe, identity: dict, force: bool) -> None:
+def _check_resumable(ckpt: dict, r: Recipe, identity: dict, force: bool, world: distributed.World) -> None:
+    saved_world = len(ckpt["rng"]) if isinstance(ckpt["rng"], list) else 1
+    if saved_world != world.world_size:  # per-rank RNG states and shards would not line up
+        raise TrainingError(f"cannot resume: the run used {saved_world} process(es), this is {world.world_size}")
     problems = []
     saved = Recipe.from_dict(ckpt["recipe"])
     diff = {k: (v, getattr(r, k)) for k, v in saved.to_dict().items()

@@ -71,7 +71,7 @@ RECIPES: dict[str, Recipe] = {
                     pca="paper"),
     # ours: same network; bigger batch, warm-up + cosine (one cycle), label smoothing, Nesterov,
     # and flip test-time augmentation
-    "fast": Recipe(name="fast", epochs=15, batch_size=512, lr=0.08, nesterov=True, weight_decay=5e-4,
+    "fast": Recipe(name="fast", epochs=15, batch_size=256, lr=0.05, nesterov=True, weight_decay=5e-4,
                    schedule="onecycle", warmup_epochs=2.0, clip_grad_norm=None, label_smoothing=0.1,
                    tta_flip=True),
 }
