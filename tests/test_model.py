@@ -56,6 +56,15 @@ def test_paper_init():
         assert torch.all(getattr(m, name).bias == bias), name
 
 
+def test_kaiming_init():
+    torch.manual_seed(0)
+    m = build_model("alexnet_cifar", init="kaiming")
+    for name, fan_in, gain in [("conv1", 27, 2.0), ("conv3", 192 * 9, 2.0), ("fc1", 1024, 2.0), ("fc3", 4096, 1.0)]:
+        layer = getattr(m, name)
+        assert layer.weight.std().item() == pytest.approx((gain / fan_in) ** 0.5, rel=0.1), name
+        assert torch.all(layer.bias == 0)
+
+
 def test_default_init_is_pytorch_default_and_seeded():
     torch.manual_seed(1)
     a = build_model()

@@ -69,9 +69,9 @@ RECIPES: dict[str, Recipe] = {
     # no clipping, PCA jitter with the eigenvalue itself, 90 epochs
     "paper": Recipe(name="paper", epochs=90, schedule="plateau", clip_grad_norm=None, init="paper",
                     pca="paper"),
-    # ours: same network; bigger batch, warm-up + cosine (one cycle), label smoothing, Nesterov,
+    # ours: same network; He init, bigger batch, warm-up + cosine (one cycle), label smoothing, Nesterov,
     # and flip test-time augmentation
-    "fast": Recipe(name="fast", epochs=15, batch_size=256, lr=0.05, nesterov=True, weight_decay=5e-4,
+    "fast": Recipe(name="fast", epochs=15, batch_size=256, lr=0.05, nesterov=True, weight_decay=5e-4, init="kaiming",
                    schedule="onecycle", warmup_epochs=2.0, clip_grad_norm=None, label_smoothing=0.1,
                    tta_flip=True),
 }
