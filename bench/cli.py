@@ -34,7 +34,7 @@ class Options:
     """The shared options, parsed once."""
 
     def __init__(self, data, backends, batch_sizes, workers, dtype, channels_last, device, augment, pca, duration,
-                 repeats, warmup, settle):
+                 repeats, warmup, settle, both_layouts=False):
         import torch
 
         if not (Path(data) / "train.safetensors").exists():
@@ -59,23 +59,27 @@ class Options:
             raise typer.Exit(1)
         self.device = device
         self.channels_last = (device == "cuda") if channels_last is None else channels_last
+        self.layouts = [False, True] if both_layouts else [self.channels_last]
         self.workers, self.dtype, self.augment, self.pca = workers, dtype, augment, pca
         self.duration, self.repeats, self.warmup, self.settle = duration, repeats, warmup, settle
 
     def configs(self, kind: str) -> list[harness.Config]:
-        common = dict(workers=self.workers, dtype=self.dtype, channels_last=self.channels_last, device=self.device,
-                      augment=self.augment, pca=self.pca, data=self.data)
+        common = dict(workers=self.workers, dtype=self.dtype, device=self.device, augment=self.augment, pca=self.pca,
+                      data=self.data)
         out = []
-        for b in self.batch_sizes:
-            out += [harness.Config(kind=kind, backend=be, batch_size=b, **common) for be in self.backends]
-            if kind == "train":
-                out.append(harness.Config(kind="model", batch_size=b, **common))
+        for cl in self.layouts:
+            for b in self.batch_sizes:
+                out += [harness.Config(kind=kind, backend=be, batch_size=b, channels_last=cl, **common)
+                        for be in self.backends]
+                if kind == "train":
+                    out.append(harness.Config(kind="model", batch_size=b, channels_last=cl, **common))
         return out
 
     def settings(self) -> dict:
         return {"repeats": self.repeats, "duration": self.duration, "settle": self.settle,
                 "warmup_seconds": self.warmup, "device": self.device, "dtype": self.dtype,
-                "channels_last": self.channels_last, "augment": self.augment, "pca": self.pca,
+                "channels_last": self.channels_last, "both_layouts": len(self.layouts) > 1,
+                "augment": self.augment, "pca": self.pca,
                 "workers": self.workers, "batch_sizes": self.batch_sizes, "backends": self.backends,
                 "command": " ".join(shlex.quote(a) for a in ["alexpipe", *sys.argv[1:]])}
 
@@ -115,6 +119,10 @@ def bench_cmd(
     dtype: str = typer.Option("bf16", help="Batch dtype (and autocast dtype for train): bf16 | fp16 | fp32."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
                                                  help="Memory format [default: on for CUDA, off on CPU]."),
+    both_layouts: bool = typer.Option(False, "--both-layouts",
+                                      help="Measure every configuration in both memory formats (contiguous NCHW and "
+                                           "channels_last), side by side in the same rounds; overrides "
+                                           "--channels-last."),
     device: str = typer.Option("auto", help="auto | cpu | cuda (auto picks a GPU when one is there)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Training augmentation on or off."),
     pca: str = typer.Option("blog", help="PCA jitter variant with --augment: blog | paper | off."),
@@ -133,7 +141,7 @@ def bench_cmd(
     if pca not in ("blog", "paper", "off"):
         raise typer.BadParameter("--pca must be blog, paper or off")
     o = Options(data, backends, batch_sizes, workers, dtype, channels_last, device, augment, pca, duration,
-                repeats, warmup, settle)
+                repeats, warmup, settle, both_layouts)
     if out is None and what == "all":
         out = Path("bench/results") / socket.gethostname()
     _show(_run(o, KINDS[what]), out)

@@ -40,7 +40,7 @@ class Config:
     @property
     def id(self) -> str:
         name = self.backend or ("ceiling" if self.kind == "model" else "")
-        return f"{self.kind}/{name}/b{self.batch_size}"
+        return f"{self.kind}/{name}/b{self.batch_size}" + ("/channels_last" if self.channels_last else "")
 
 
 @dataclass

@@ -94,7 +94,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{env['versions']['torch']}, DALI {env['versions']['nvidia-dali-cuda130']}, FFCV {env['versions']['ffcv']}; "
         f"commit {env['git_commit']}.",
         f"Settings: {st['repeats']} rounds of {st['duration']} s windows after warm-up, device {st['device']}, "
-        f"dtype {st['dtype']}, channels_last {st['channels_last']}, augmentation {'on' if st['augment'] else 'off'} "
+        f"dtype {st['dtype']}, channels_last {'both' if st.get('both_layouts') else st['channels_last']}, "
+        f"augmentation {'on' if st['augment'] else 'off'} "
         f"(PCA {st['pca']}), workers/threads {st['workers']}. Ratios are medians of per-round ratios.",
         "",
         "| " + " | ".join(HEADER) + " |",

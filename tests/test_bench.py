@@ -56,6 +56,23 @@ def test_schema_rejects_a_malformed_document():
         jsonschema.validate(doc, schema)
 
 
+def test_both_layouts_are_paired_with_their_own_baseline_and_ceiling():
+    def outcome(kind, backend, cl, rate):
+        cfg = harness.Config(kind=kind, backend=backend, batch_size=8, channels_last=cl)
+        return harness.Outcome(cfg, samples=[{"round": 0, "images": 8, "seconds": 1.0, "images_per_s": rate,
+                                              "wait_fraction": 0.0}])
+    outcomes = [outcome("train", "torchvision", False, 100.0), outcome("train", "resident", False, 400.0),
+                outcome("model", "", False, 500.0), outcome("train", "torchvision", True, 50.0),
+                outcome("train", "resident", True, 300.0), outcome("model", "", True, 600.0)]
+    by = {r["id"]: r for r in harness.summarise(outcomes)}
+    assert len(by) == 6  # the two memory formats never collide
+    nchw, nhwc = by["train/resident/b8"], by["train/resident/b8/channels_last"]
+    assert nchw["ratio"]["median"] == pytest.approx(4.0) and nchw["of_ceiling"]["median"] == pytest.approx(0.8)
+    assert nhwc["baseline"] == "train/torchvision/b8/channels_last"
+    assert nhwc["ceiling"] == "model/ceiling/b8/channels_last"
+    assert nhwc["ratio"]["median"] == pytest.approx(6.0) and nhwc["of_ceiling"]["median"] == pytest.approx(0.5)
+
+
 def test_real_backends_loader_train_and_ceiling(small_data, tmp_path):
     common = dict(batch_size=32, workers=0, dtype="fp32", data=str(small_data))
     configs = [harness.Config(kind="loader", backend="torchvision", **common),
