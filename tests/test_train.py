@@ -255,6 +255,32 @@ def test_paper_init_trains_in_float32_because_bf16_erases_its_signal():
     assert signal < 1e-3 and error > 3 * signal
 
 
+def test_paper_inputs_are_mean_subtracted_pixels_and_wake_the_paper_init(small_data):
+    """The paper recipe feeds x - mean on the 0..255 scale, the scale its N(0, 0.01) init expects."""
+    from pipeline import load_split, make_loader
+    from train.inputs import feed
+
+    assert get_recipe("paper").inputs == "pixels" and get_recipe("blog").inputs == "normalised"
+    split = load_split(small_data, "test")
+    loader = make_loader(small_data, "test", "resident", batch_size=64, device="cpu", dtype=torch.float32)
+    normalised, _ = next(iter(loader))
+    raw = split.images[:64].permute(0, 3, 1, 2).double()
+    mean = torch.tensor(split.meta.stats.mean, dtype=torch.float64).view(1, 3, 1, 1)
+    torch.manual_seed(0)
+    model = build_model(init="paper").eval()
+    fed = feed(model, "pixels", split.meta.stats.std)
+    assert fed.std.flatten().tolist() == pytest.approx(list(split.meta.stats.std))
+    assert (normalised.double() * fed.std.double() - (raw - mean)).abs().max() < 1e-3  # exactly x - mean
+    with torch.no_grad():
+        spread = {name: net(normalised).double().std(0).mean().item()
+                  for name, net in (("normalised", model), ("pixels", fed))}
+    # on unit-scale inputs the paper init's logits barely depend on the image; on pixels they do
+    assert spread["normalised"] < 1e-3 and spread["pixels"] > 30 * spread["normalised"]
+    assert feed(model, "normalised", split.meta.stats.std) is model
+    with pytest.raises(ValueError, match="inputs must be one of"):
+        feed(model, "raw", split.meta.stats.std)
+
+
 def test_cli_rejects_bad_options(tmp_path, small_data):
     from typer.testing import CliRunner
 

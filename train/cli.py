@@ -61,10 +61,13 @@ def train_cmd(
                                                                      "before 'plateau' cuts lr."),
     warmup_epochs: Optional[float] = typer.Option(None, help=_RECIPE_HELP + " Linear warm-up of 'onecycle'."),
     clip_grad_norm: Optional[float] = typer.Option(None, help=_RECIPE_HELP + " Gradient max-norm; 0 = off."),
-    init: Optional[str] = typer.Option(None, help=_RECIPE_HELP + " Weight init: default | paper."),
+    init: Optional[str] = typer.Option(None, help=_RECIPE_HELP + " Weight init: default | kaiming | paper."),
     dropout: Optional[float] = typer.Option(None, help=_RECIPE_HELP + " Dropout of the FC layers."),
     label_smoothing: Optional[float] = typer.Option(None, help=_RECIPE_HELP),
     pca: Optional[str] = typer.Option(None, help=_RECIPE_HELP + " PCA colour jitter: blog | paper | off."),
+    inputs: Optional[str] = typer.Option(None, help=_RECIPE_HELP + " What the network is fed: normalised "
+                                                                   "(x / 255 - mean) / std, or pixels (x - mean "
+                                                                   "on the 0..255 scale, the paper's)."),
     pca_sigma: Optional[float] = typer.Option(None, help=_RECIPE_HELP + " Std of the PCA coefficients alpha."),
     loader: Optional[str] = typer.Option(None, help=_RECIPE_HELP + " resident | dali | ffcv | torchvision."),
     tta_flip: Optional[bool] = typer.Option(None, "--tta-flip/--no-tta-flip",
@@ -100,7 +103,7 @@ def train_cmd(
     changes = _overrides(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
                          weight_decay=weight_decay, schedule=schedule, step_epochs=step_epochs, gamma=gamma,
                          patience=patience, warmup_epochs=warmup_epochs, clip_grad_norm=clip_grad_norm, init=init,
-                         dropout=dropout, label_smoothing=label_smoothing, pca=pca, pca_sigma=pca_sigma,
+                         dropout=dropout, label_smoothing=label_smoothing, pca=pca, inputs=inputs, pca_sigma=pca_sigma,
                          loader=loader, tta_flip=tta_flip, seed=seed, model=model)
     try:
         if resume:
@@ -156,6 +159,7 @@ def evaluate_cmd(
 
     from . import checkpoint as ckpt_mod
     from .distributed import World
+    from .inputs import feed
     from .loop import TrainingError, evaluate, resolve_amp, resolve_device
 
     try:
@@ -166,6 +170,7 @@ def evaluate_cmd(
         classes = list(ckpt.get("classes") or load_split(data, split).meta.classes)
         net = build_model(r.model, num_classes=len(classes), dropout=r.dropout).to(dev)
         net.load_state_dict(ckpt["model"])
+        net = feed(net, r.inputs, load_split(data, split).meta.stats.std)
         ld = make_loader(data, split, loader, device=dev, batch_size=batch_size, augment=False,
                          dtype=amp_dtype or torch.float32, channels_last=dev.type == "cuda")
         res = evaluate(net, ld, amp_dtype, r.tta_flip if tta_flip is None else tta_flip, len(classes), dev)

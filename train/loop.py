@@ -29,6 +29,7 @@ from pipeline import load_split, make_loader
 
 from . import checkpoint, distributed
 from .metrics import confusion_matrix, topk_correct, write_jsonl
+from .inputs import feed
 from .interrupt import GracefulInterrupt, Interrupted
 from .plot import plot_curves
 from .recipes import Recipe, validate
@@ -324,10 +325,10 @@ def _fit(opt: RunOptions, r: Recipe, world: distributed.World, device: torch.dev
         if world.is_main:
             console.print(f"resuming {out} after epoch {ckpt['epoch']} of {r.epochs}")
 
-    net = model
+    net = feed(model, r.inputs, train_split.meta.stats.std)
     if world.distributed:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            net, device_ids=[device.index] if device.type == "cuda" else None)
     if opt.compile:
         net = torch.compile(net)
 

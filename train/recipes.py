@@ -34,6 +34,9 @@ class Recipe:
     dropout: float = 0.5
     label_smoothing: float = 0.0
     pca: str = "blog"
+    # "normalised": (x / 255 - mean) / std as the loaders make it; "pixels": x - mean on the 0..255 scale,
+    # the paper's preprocessing, which its init is calibrated to (train/inputs.py)
+    inputs: str = "normalised"
     pca_sigma: float = 0.1
     loader: str = "resident"
     tta_flip: bool = False  # evaluate on the image and its mirror, averaging logits
@@ -66,9 +69,9 @@ RECIPES: dict[str, Recipe] = {
     # clip at max-norm 2, PyTorch default init, PCA jitter with s = sqrt(lambda)
     "blog": Recipe(),
     # Krizhevsky et al. 2012: N(0, 0.01) init with biases 1, lr / 10 when val loss plateaus,
-    # no clipping, PCA jitter with the eigenvalue itself, 90 epochs
+    # no clipping, PCA jitter with the eigenvalue itself, mean-subtracted 0..255 pixels as inputs, 90 epochs
     "paper": Recipe(name="paper", epochs=90, schedule="plateau", clip_grad_norm=None, init="paper",
-                    pca="paper"),
+                    pca="paper", inputs="pixels"),
     # ours: same network; He init, bigger batch, warm-up + cosine (one cycle), label smoothing, Nesterov,
     # and flip test-time augmentation
     "fast": Recipe(name="fast", epochs=15, batch_size=256, lr=0.05, nesterov=True, weight_decay=5e-4, init="kaiming",
@@ -89,12 +92,15 @@ def validate(r: Recipe) -> None:
     from pipeline.augment import PCA_VARIANTS
     from pipeline.loaders import BACKENDS
 
+    from .inputs import INPUTS
+
     checks = [
         (r.epochs >= 1, f"epochs must be at least 1, got {r.epochs}"),
         (r.batch_size >= 1, f"batch size must be positive, got {r.batch_size}"),
         (r.lr > 0, f"lr must be positive, got {r.lr}"),
         (r.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {r.schedule!r}"),
         (r.init in INIT_SCHEMES, f"init must be one of {', '.join(INIT_SCHEMES)}, got {r.init!r}"),
+        (r.inputs in INPUTS, f"inputs must be one of {', '.join(INPUTS)}, got {r.inputs!r}"),
         (r.pca in PCA_VARIANTS, f"pca must be one of {', '.join(PCA_VARIANTS)}, got {r.pca!r}"),
         (r.loader in BACKENDS, f"loader must be one of {', '.join(BACKENDS)}, got {r.loader!r}"),
         (r.model in MODELS, f"model must be one of {', '.join(MODELS)}, got {r.model!r}"),
