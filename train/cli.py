@@ -76,8 +76,7 @@ def train_cmd(
     model: Optional[str] = typer.Option(None, help=_RECIPE_HELP + " Network: alexnet_cifar."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     amp: str = typer.Option("auto", help="Mixed precision: auto (bf16 where the hardware has it, else fp16 on "
-                                         "CUDA, off on CPU; off with --init paper, whose signal bf16 cannot "
-                                         "resolve) | bf16 | fp16 (with a gradient scaler) | off."),
+                                         "CUDA, off on CPU) | bf16 | fp16 (with a gradient scaler) | off."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
                                                  help="Memory format [default: on for CUDA, off on CPU]."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),

@@ -81,18 +81,11 @@ def resolve_device(name: str, world: distributed.World) -> torch.device:
     return torch.device("cuda", world.local_rank)
 
 
-def resolve_amp(amp: str, device: torch.device, init: str = "default") -> Optional[torch.dtype]:
-    """The autocast dtype (None = full float32).
-
-    "auto" means float32 for the paper's N(0, 0.01) init: its biases of 1 put
-    every activation after conv2 near 1.0, with the part that differs between
-    images a few thousandths of it (measured: std 0.004 at conv2, 3e-5 at the
-    logits), below bf16's resolution at 1.0 (1/128). Under bf16 the network
-    cannot tell images apart and stays at chance; the paper trained in float32.
-    """
+def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype (None = full float32)."""
     if amp not in ("auto", "bf16", "fp16", "off"):
         raise TrainingError(f"--amp must be auto, bf16, fp16 or off, got {amp!r}")
-    if amp == "off" or (amp == "auto" and init == "paper"):
+    if amp == "off":
         return None
     if amp == "fp16":
         return torch.float16
@@ -271,10 +264,7 @@ def _fit(opt: RunOptions, r: Recipe, world: distributed.World, device: torch.dev
         out.mkdir(parents=True, exist_ok=True)
     if r.batch_size % world.world_size:
         raise TrainingError(f"batch size {r.batch_size} does not divide among {world.world_size} processes")
-    amp_dtype = resolve_amp(opt.amp, device, r.init)
-    if opt.amp == "auto" and amp_dtype is None and r.init == "paper" and world.is_main:
-        console.print("note: --init paper trains in float32 (its activations sit near 1.0 with image-dependent "
-                      "parts below bf16's resolution); pass --amp bf16 to override")
+    amp_dtype = resolve_amp(opt.amp, device)
     channels_last = device.type == "cuda" if opt.channels_last is None else opt.channels_last
 
     # ---- data
