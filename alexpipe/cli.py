@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-import bench.cli
-import pipeline.cli
-import train.cli
+import alexpipe.bench.cli
+import alexpipe.pipeline.cli
+import alexpipe.train.cli
 
 app = typer.Typer(
     name="alexpipe",
@@ -15,9 +15,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-pipeline.cli.register(app)
-train.cli.register(app)
-bench.cli.register(app)
+alexpipe.pipeline.cli.register(app)
+alexpipe.train.cli.register(app)
+alexpipe.bench.cli.register(app)
 
 
 def main() -> None:

@@ -62,7 +62,7 @@ class Worker:
                    # loaders that compile (numba, plugin, pipelines) get their whole first epoch as warm-up
                    "warmup_images": 40_000 if cfg.backend in ("ffcv", "dali") else 0}
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.worker", json.dumps(payload)], cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-m", "alexpipe.bench.worker", json.dumps(payload)], cwd=ROOT,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      env=env)
 

@@ -1,6 +1,6 @@
 """One benchmark configuration in its own process.
 
-The harness starts `python -m bench.worker CONFIG_JSON`; the worker builds the
+The harness starts `python -m alexpipe.bench.worker CONFIG_JSON`; the worker builds the
 configuration, warms it up (JIT, plugin build, first epoch of compiling
 loaders), answers "ready", then times one window per "measure" request. Its
 stdout is reserved for this protocol (one JSON object per line): anything a
@@ -79,7 +79,7 @@ def build(cfg: dict[str, Any]) -> tuple[Callable[[], int], Callable[[], float], 
         src = _Endless(_FakeLoader(cfg["rate"], cfg["batch_size"]))
         return (lambda: len(src.next()[1])), (lambda: 0.0), torch.device("cpu")
 
-    from pipeline import make_loader
+    from alexpipe.pipeline import make_loader
 
     device = torch.device(cfg["device"])
     dtype = getattr(torch, DTYPES[cfg["dtype"]])
@@ -100,9 +100,9 @@ def build(cfg: dict[str, Any]) -> tuple[Callable[[], int], Callable[[], float], 
     if cfg["kind"] == "loader":
         return (lambda: len(next_batch()[1])), (lambda: waited[0]), device
 
-    from model import build_model
-    from train.recipes import get_recipe
-    from train.schedule import build_optimizer
+    from alexpipe.model import build_model
+    from alexpipe.train.recipes import get_recipe
+    from alexpipe.train.schedule import build_optimizer
 
     torch.manual_seed(0)
     model = build_model().to(device)

@@ -86,7 +86,7 @@ def synthetic():
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory, synthetic) -> Path:
     """A converted synthetic dataset: 250 train / 50 val / 60 test images (no .beton)."""
-    from pipeline.convert import convert
+    from alexpipe.pipeline.convert import convert
 
     tmp = tmp_path_factory.mktemp("small")
     src = make_source(tmp, synthetic, "python", "archive")
@@ -99,7 +99,7 @@ def real_data(tmp_path_factory) -> Path:
     """The real CIFAR-10 from ../shared/data, converted once per test session (with .beton files if FFCV is here)."""
     if not REAL_ARCHIVE.exists():
         pytest.skip(f"real CIFAR-10 not present at {REAL_ARCHIVE} (../shared/data)")
-    from pipeline.convert import convert
+    from alexpipe.pipeline.convert import convert
 
     out = tmp_path_factory.mktemp("real") / "cifar10"
     convert(REAL_ARCHIVE, out)
@@ -126,9 +126,9 @@ def marker_image() -> np.ndarray:
 def write_dataset(out: Path, images: np.ndarray, labels: np.ndarray, split: str = "train",
                   betons: bool = True) -> Path:
     """A converted folder holding one split of the given images, with REALISTIC_STATS in its metadata."""
-    from pipeline.beton import beton_path, ffcv_available, write_beton
-    from pipeline.fileformat import FORMAT_VERSION, SplitMeta, content_digest, split_path, write_split
-    from pipeline.stats import ChannelStats
+    from alexpipe.pipeline.beton import beton_path, ffcv_available, write_beton
+    from alexpipe.pipeline.fileformat import FORMAT_VERSION, SplitMeta, content_digest, split_path, write_split
+    from alexpipe.pipeline.stats import ChannelStats
 
     out.mkdir(parents=True, exist_ok=True)
     meta = SplitMeta(split=split, classes=tuple(CLASSES), num_images=len(labels),

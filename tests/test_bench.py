@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from bench import harness, report
+from alexpipe.bench import harness, report
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema comes with the dev extra")
 

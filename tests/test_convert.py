@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from alexpipe.cli import app
-from pipeline import DataError, load_split
-from pipeline.convert import carve_val, convert
-from pipeline.fileformat import split_path
-from pipeline.hashing import file_hexdigests
+from alexpipe.pipeline import DataError, load_split
+from alexpipe.pipeline.convert import carve_val, convert
+from alexpipe.pipeline.fileformat import split_path
+from alexpipe.pipeline.hashing import file_hexdigests
 
 from conftest import CLASSES, make_source, needs_real_data, source_files, write_archive, REAL_ARCHIVE
 

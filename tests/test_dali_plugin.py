@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import load_split, make_loader
-from pipeline.augment import AugParams, pca_matrix
-from pipeline.augment.reference import augment_batch_reference
-from pipeline.loaders import dali_build
-from pipeline.loaders.base import LoaderConfig
-from pipeline.loaders.dali import DaliLoader
+from alexpipe.pipeline import load_split, make_loader
+from alexpipe.pipeline.augment import AugParams, pca_matrix
+from alexpipe.pipeline.augment.reference import augment_batch_reference
+from alexpipe.pipeline.loaders import dali_build
+from alexpipe.pipeline.loaders.base import LoaderConfig
+from alexpipe.pipeline.loaders.dali import DaliLoader
 
 from conftest import needs_cuda
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from train import checkpoint
-from train.loop import balanced_subset
-from train.metrics import read_jsonl
-from pipeline import load_split
+from alexpipe.train import checkpoint
+from alexpipe.train.loop import balanced_subset
+from alexpipe.train.metrics import read_jsonl
+from alexpipe.pipeline import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import DataError, load_split, make_loader
-from pipeline.augment import AugParams, normalise_affine, pca_matrix
-from pipeline.augment.reference import augment_batch_reference
-from pipeline.beton import beton_path, write_beton
-from pipeline.loaders import LoaderConfig
-from pipeline.loaders.base import mix_seed
-from pipeline.loaders.ffcv import FfcvLoader
-from pipeline.loaders.ffcv_ops import EpochKey, HostArray, PCAJitterNormalise, TranslateFlip, explicit_geometry
-from pipeline.loaders.ffcv_ops import hashrng
+from alexpipe.pipeline import DataError, load_split, make_loader
+from alexpipe.pipeline.augment import AugParams, normalise_affine, pca_matrix
+from alexpipe.pipeline.augment.reference import augment_batch_reference
+from alexpipe.pipeline.beton import beton_path, write_beton
+from alexpipe.pipeline.loaders import LoaderConfig
+from alexpipe.pipeline.loaders.base import mix_seed
+from alexpipe.pipeline.loaders.ffcv import FfcvLoader
+from alexpipe.pipeline.loaders.ffcv_ops import EpochKey, HostArray, PCAJitterNormalise, TranslateFlip, explicit_geometry
+from alexpipe.pipeline.loaders.ffcv_ops import hashrng
 
 from conftest import needs_cuda, write_dataset
 

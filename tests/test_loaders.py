@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import load_split, make_loader
-from pipeline.augment import AugParams, pca_matrix
-from pipeline.augment.reference import augment_batch_reference, normalise_image
+from alexpipe.pipeline import load_split, make_loader
+from alexpipe.pipeline.augment import AugParams, pca_matrix
+from alexpipe.pipeline.augment.reference import augment_batch_reference, normalise_image
 
 from conftest import MARKER_LEFT, MARKER_RIGHT
 
@@ -136,7 +136,7 @@ def recover_params(x: np.ndarray, stats, variant: str) -> tuple[np.ndarray, ...]
 def test_recover_params_inverts_the_reference():
     """The statistics test below is only as good as this decoder: check it on the reference."""
     from conftest import REALISTIC_STATS, marker_image
-    from pipeline.stats import ChannelStats
+    from alexpipe.pipeline.stats import ChannelStats
 
     stats = ChannelStats(**REALISTIC_STATS)
     p = AugParams.random(400, 0.1, np.random.default_rng(0))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model import AlexNet, AlexNetCIFAR, build_model
+from alexpipe.model import AlexNet, AlexNetCIFAR, build_model
 
 
 def test_alexnet_cifar_parameter_count_and_shape():
@@ -25,7 +25,7 @@ def test_alexnet_imagenet_shape_and_classes():
 
 @pytest.mark.parametrize("shape", [(4, 64, 17, 17), (2, 5, 3, 3), (2, 2, 4, 4)])
 def test_local_response_norm_equals_torch(shape):
-    from model.alexnet import LocalResponseNorm
+    from alexpipe.model.alexnet import LocalResponseNorm
 
     torch.manual_seed(0)
     x = (torch.randn(shape) * 30).requires_grad_()

@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from model import build_model
-from train import checkpoint
-from train.loop import RunOptions, TrainingError, fit
-from train.metrics import read_jsonl
-from train.recipes import Recipe, get_recipe
-from train.schedule import Schedule, build_optimizer
+from alexpipe.model import build_model
+from alexpipe.train import checkpoint
+from alexpipe.train.loop import RunOptions, TrainingError, fit
+from alexpipe.train.metrics import read_jsonl
+from alexpipe.train.recipes import Recipe, get_recipe
+from alexpipe.train.schedule import Schedule, build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -197,7 +197,7 @@ def test_onecycle_warms_up_then_anneals_and_resumes():
 
 def _one_step(monkeypatch, r: Recipe, amp: str):
     """Run one real training step of the CIFAR AlexNet; return (conv1 output dtype, grad norms)."""
-    from train import loop
+    from alexpipe.train import loop
 
     seen, norms = {}, []
     real_clip = torch.nn.utils.clip_grad_norm_
@@ -240,8 +240,8 @@ def test_amp_dtype_is_used_in_the_forward_pass(monkeypatch):
 
 def test_paper_inputs_are_mean_subtracted_pixels_and_wake_the_paper_init(small_data):
     """The paper recipe feeds x - mean on the 0..255 scale, the scale its N(0, 0.01) init expects."""
-    from pipeline import load_split, make_loader
-    from train.inputs import feed
+    from alexpipe.pipeline import load_split, make_loader
+    from alexpipe.train.inputs import feed
 
     assert get_recipe("paper").inputs == "pixels" and get_recipe("blog").inputs == "normalised"
     split = load_split(small_data, "test")

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import DataError
+from alexpipe.pipeline import DataError
 
 from .recipes import RECIPES, Recipe, get_recipe
 
@@ -153,8 +153,8 @@ def evaluate_cmd(
     """Top-1/top-5, per-class accuracy and the confusion matrix of a checkpoint."""
     import torch
 
-    from model import build_model
-    from pipeline import load_split, make_loader
+    from alexpipe.model import build_model
+    from alexpipe.pipeline import load_split, make_loader
 
     from . import checkpoint as ckpt_mod
     from .distributed import World

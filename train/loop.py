@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from model import build_model
-from pipeline import load_split, make_loader
+from alexpipe.model import build_model
+from alexpipe.pipeline import load_split, make_loader
 
 from . import checkpoint, distributed
 from .metrics import confusion_matrix, topk_correct, write_jsonl

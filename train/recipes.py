@@ -89,9 +89,9 @@ def get_recipe(name: str) -> Recipe:
 
 def validate(r: Recipe) -> None:
     """Raise ValueError with one clear sentence for an unusable combination."""
-    from model import INIT_SCHEMES, MODELS
-    from pipeline.augment import PCA_VARIANTS
-    from pipeline.loaders import BACKENDS
+    from alexpipe.model import INIT_SCHEMES, MODELS
+    from alexpipe.pipeline.augment import PCA_VARIANTS
+    from alexpipe.pipeline.loaders import BACKENDS
 
     from .inputs import INPUTS
 

@@ -11,11 +11,11 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from model import build_model
-from pipeline import load_split, make_loader
-from train.inputs import feed
-from train.recipes import get_recipe
-from train.schedule import build_optimizer
+from alexpipe.model import build_model
+from alexpipe.pipeline import load_split, make_loader
+from alexpipe.train.inputs import feed
+from alexpipe.train.recipes import get_recipe
+from alexpipe.train.schedule import build_optimizer
 
 torch.manual_seed(0)
 inputs, lr = sys.argv[1], float(sys.argv[2])
