@@ -4,11 +4,18 @@ Everything is read into memory straight from the archive members (never
 extracted to disk, so a hostile member name cannot write anywhere) and checked:
 member names, record sizes, shapes, dtypes, label range and counts. Whatever
 form the data came in, the result is the same NHWC uint8 arrays.
+
+Nothing is read on the archive's word alone: a member (or a tar header
+extension) larger than any CIFAR-10 file can be is refused by its declared
+size before a byte of it is read, so a small compressed archive that declares
+gigabytes cannot make convert use more memory than genuine data does.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -17,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from .download import OFFICIAL_MD5 as OFFICIAL_PYTHON_MD5
 from .errors import DataError
 from .hashing import file_hexdigests
 from .safe_unpickle import safe_loads
@@ -27,8 +35,19 @@ RECORD_PIXELS = 3072
 TRAIN_BATCHES = 5
 RECORDS_PER_BATCH = 10_000
 
+# The largest file of either version: a python batch is ~31,035,700 bytes
+# (30,720,000 pixel bytes + labels + file names), a binary batch 30,730,000.
+MAX_BATCH_BYTES = 40_000_000
+MAX_META_BYTES = 1 << 20  # batches.meta is 158 bytes, batches.meta.txt 61
+# An archive has 8 files and a folder; any other member is skipped unread, but
+# still has to be decompressed, so its size and the number of members are capped too.
+MAX_MEMBERS = 1000
+MAX_HEADER_BYTES = 1 << 20  # a pax / GNU long-name header extension
+# What the kept members may add up to: one version's batches and its meta file.
+MAX_TOTAL_BYTES = (TRAIN_BATCHES + 1) * MAX_BATCH_BYTES + MAX_META_BYTES
+
 OFFICIAL_MD5 = {
-    "python": "c58f30108f718f92721af3b95e74349a",
+    "python": OFFICIAL_PYTHON_MD5,
     "binary": "c32a1d4ab5d03f1284b67883e8d87530",
 }
 
@@ -77,6 +96,22 @@ def _check_member_name(name: str) -> None:
     p = PurePosixPath(name)
     if p.is_absolute() or ".." in p.parts or "\\" in name:
         raise DataError(f"archive member {name!r} points outside the archive; refusing to read it")
+
+
+_META_NAMES = frozenset(layout["meta"] for layout in _LAYOUTS.values())
+
+
+def _size_limit(basename: str) -> int:
+    """The most bytes a genuine file of this name can have."""
+    return MAX_META_BYTES if basename in _META_NAMES else MAX_BATCH_BYTES
+
+
+def _check_size(size: int, basename: str, what: str) -> None:
+    limit = _size_limit(basename)
+    if size > limit:
+        kind = "meta file" if basename in _META_NAMES else "batch"
+        raise DataError(f"{what}: declares {size:,} bytes, more than a CIFAR-10 {kind} can hold "
+                        f"({limit:,}); refusing to read it")
 
 
 def _find_layout(names: list[str], where: str) -> tuple[str, dict[str, str]]:
@@ -128,6 +163,10 @@ def _parse_python_batch(data: bytes, what: str, allow_partial: bool) -> RawSplit
         isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels_in
     ):
         raise DataError(f"{what}: 'labels' must be a list of integers")
+    # range first: a Python int may be any size (2**70 does not fit an int64)
+    for i, v in enumerate(labels_in):
+        if not 0 <= v < NUM_CLASSES:
+            raise DataError(f"{what}: label {int(v)} at record {i} is outside 0..{NUM_CLASSES - 1}")
     labels = np.asarray(labels_in, dtype=np.int64).reshape(-1)
     return _finish(pixels, labels, what, allow_partial)
 
@@ -173,8 +212,9 @@ def _parse_meta(data: bytes, version: str, what: str) -> list[str]:
             names = [line.strip() for line in data.decode("ascii").splitlines() if line.strip()]
         except UnicodeDecodeError:
             raise DataError(f"{what}: not a text file of class names") from None
-    if len(names) != NUM_CLASSES or not all(isinstance(n, str) and n for n in names):
-        raise DataError(f"{what}: expected {NUM_CLASSES} class names, got {names!r}")
+    if len(names) != NUM_CLASSES or not all(isinstance(n, str) and n for n in names) \
+            or len(set(names)) != NUM_CLASSES:
+        raise DataError(f"{what}: expected {NUM_CLASSES} distinct class names, got {names!r}")
     return names
 
 
@@ -215,32 +255,83 @@ def read_cifar10(path: Path, allow_partial: bool = False,
     return _read_archive(path, allow_partial, step)
 
 
+class _HeaderRefused(Exception):
+    """A tar header refused before tarfile reads what it declares (the path is added by the caller)."""
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a pax or GNU long-name header extension whole, at whatever
+    size its header declares, before the member is even seen: refuse large ones
+    (and sparse members, which CIFAR-10 never has) before that read."""
+
+    def _proc_member(self, tarfile_):  # noqa: D401 - tarfile's hook
+        if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                         tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) and self.size > MAX_HEADER_BYTES:
+            raise _HeaderRefused(f"a tar header extension declares {self.size:,} bytes (at most "
+                                 f"{MAX_HEADER_BYTES:,} expected); refusing to read it")
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _HeaderRefused(f"member {self.name!r} is a sparse file; CIFAR-10 has none")
+        return super()._proc_member(tarfile_)
+
+
 def _read_archive(path: Path, allow_partial: bool, step: Callable[[str], None]) -> RawCifar:
     # One sequential pass ("r|*"): a compressed tar has no index, so listing it
     # first and then seeking back to each member would decompress it twice.
     corrupt = (tarfile.TarError, OSError, EOFError, zlib.error)
     wanted = {b for layout in _LAYOUTS.values() for b in layout["train"] + layout["test"] + [layout["meta"]]}
     blobs: dict[str, bytes] = {}
+    seen: dict[str, str] = {}  # basename -> member name
+    kept = 0
     try:
-        with tarfile.open(path, mode="r|*", bufsize=1 << 20) as tar:
-            for info in tar:
+        with tarfile.open(path, mode="r|*", bufsize=1 << 20, tarinfo=_BoundedTarInfo) as tar:
+            for count, info in enumerate(tar, 1):
+                if count > MAX_MEMBERS:
+                    raise DataError(f"{path}: more than {MAX_MEMBERS:,} members; not a CIFAR-10 archive")
+                tar.members.clear()  # stream mode keeps every header seen otherwise
                 _check_member_name(info.name)
-                if info.isfile() and PurePosixPath(info.name).name in wanted:
-                    f = tar.extractfile(info)
-                    data = f.read() if f is not None else b""
-                    if len(data) != info.size:
-                        raise DataError(f"{path}:{info.name}: archive is truncated ({len(data)} of {info.size} bytes)")
-                    if info.name in blobs:
-                        raise DataError(f"{path}: member {info.name} appears twice")
-                    blobs[info.name] = data
+                base = PurePosixPath(info.name).name
+                if not info.isfile():
+                    continue
+                # every file is bounded, kept or not: skipping one still means decompressing it
+                _check_size(info.size, base if base in wanted else "", f"{path}:{info.name}")
+                if base not in wanted:
+                    continue
+                if base in seen:
+                    raise DataError(f"{path} holds more than one {base}: {seen[base]}, {info.name}")
+                seen[base] = info.name
+                kept += info.size
+                if kept > MAX_TOTAL_BYTES:
+                    raise DataError(f"{path}: its CIFAR-10 files add up to more than {MAX_TOTAL_BYTES:,} bytes "
+                                    "(both the python and the binary version?); convert one version at a time")
+                f = tar.extractfile(info)
+                data = f.read(info.size) if f is not None else b""
+                if len(data) != info.size:
+                    raise DataError(f"{path}:{info.name}: archive is truncated ({len(data)} of {info.size} bytes)")
+                blobs[info.name] = data
     except corrupt as exc:
         raise DataError(f"{path}: not a readable tar archive, or truncated/corrupt ({exc})") from None
+    except _HeaderRefused as exc:
+        raise DataError(f"{path}: {exc}") from None
     version, members = _find_layout(list(blobs), str(path))
-    train, test, classes = _read(version, members, blobs.__getitem__, str(path), allow_partial, step)
+    # pop: each member's bytes are freed as soon as it is parsed
+    train, test, classes = _read(version, members, blobs.pop, str(path), allow_partial, step)
     sha, md5 = file_hexdigests(path, "sha256", "md5")
     info = SourceInfo(kind=f"{version}-archive", path=str(path), sha256=sha, md5=md5,
                       md5_official=(md5 == OFFICIAL_MD5[version]))
     return RawCifar(train=train, test=test, classes=classes, source=info)
+
+
+def _read_bounded(file: Path, limit: int) -> bytes:
+    """The bytes of a regular file no larger than `limit`, never reading more than that."""
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"{file}: not a regular file")
+        _check_size(st.st_size, file.name, str(file))
+        data = f.read(limit + 1)
+    _check_size(len(data), file.name, str(file))  # it grew while being read
+    return data
 
 
 def _read_folder(path: Path, allow_partial: bool, step: Callable[[str], None]) -> RawCifar:
@@ -253,7 +344,7 @@ def _read_folder(path: Path, allow_partial: bool, step: Callable[[str], None]) -
 
     def read(name: str) -> bytes:
         try:
-            data = (path / name).read_bytes()
+            data = _read_bounded(path / name, _size_limit(PurePosixPath(name).name))
         except OSError as exc:
             raise DataError(f"{path / name}: cannot read ({exc.strerror})") from None
         sha.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
