@@ -2,12 +2,39 @@
 
 `alexpipe convert` turns CIFAR-10 into one safetensors file per split;
 `load_split` opens one without reading it; `make_loader` streams augmented
-batches from it with one of four backends.
+batches from it with one of four backends; `verify_dataset` checks a
+converted folder against itself and its manifest.
+
+The names below are imported on first use (PEP 562), so importing a light
+sub-module such as `alexpipe.pipeline.cli` does not import torch.
 """
 
-from .errors import DataError
-from .fileformat import Split, SplitMeta, load_split
-from .loaders import BACKENDS, make_loader
-from .stats import ChannelStats
+from __future__ import annotations
 
-__all__ = ["BACKENDS", "ChannelStats", "DataError", "Split", "SplitMeta", "load_split", "make_loader"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BACKENDS": ".loaders",
+    "ChannelStats": ".stats",
+    "DataError": ".errors",
+    "Split": ".fileformat",
+    "SplitMeta": ".fileformat",
+    "load_split": ".fileformat",
+    "make_loader": ".loaders",
+    "verify_dataset": ".integrity",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
