@@ -1,51 +1,80 @@
-"""`alexpipe convert` and `alexpipe info`."""
+"""`alexpipe convert` and `alexpipe info`.
+
+Importing this module stays light (no torch, no numpy): `alexpipe --help`
+must not pay seconds for libraries only the commands themselves use, so
+everything heavy is imported inside the command functions.
+
+Everything a user supplied, or a file on disk holds (paths, class names,
+recorded provenance), is printed through `alexpipe.terminal.literal`; every
+failure is one `error:` line (`alexpipe.terminal.fail`), never a traceback.
+"""
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from .convert import MANIFEST, convert, default_sources, steps_for
+from alexpipe.terminal import console, fail, literal, note
+
 from .cache import cache_dir
-from .download import OFFICIAL_MD5, OFFICIAL_URL, download
+from .download import OFFICIAL_MD5, OFFICIAL_URL
 from .errors import DataError
-from .fileformat import SPLITS, load_split, split_path, verify_split
-from .hashing import file_hexdigests
 
-console = Console(stderr=True)
-out_console = Console()
+INTERRUPTED = 130  # the shell's status for a process stopped by Ctrl-C
 
 
-def fail(message: str) -> None:
-    """One clear line on stderr, exit status 1."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
+@contextlib.contextmanager
+def _one_line_errors(interrupted: str) -> Iterator[None]:
+    """Turn whatever a command raises into one `error:` line and an exit status.
+
+    DataError is the expected kind; Ctrl-C exits 130 saying `interrupted`;
+    anything else is a bug, still reported in one line (ALEXPIPE_DEBUG=1
+    re-raises it with its traceback).
+    """
+    try:
+        yield
+    except DataError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail(interrupted, INTERRUPTED)
+    except MemoryError:
+        fail("out of memory")
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback
+        if isinstance(exc, (typer.Exit, typer.Abort)) or os.environ.get("ALEXPIPE_DEBUG"):
+            raise
+        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        fail(f"unexpected {type(exc).__name__}{where}: {exc} — please report this "
+             "(ALEXPIPE_DEBUG=1 shows where it happened)")
 
 
 def _resolve_source(source: Optional[Path], use_download: bool, url: str, md5: str,
                     download_dir: Optional[Path]) -> Path:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from .convert import default_sources
+    from .download import download
+
     if source is not None and use_download:
         fail("pass either --source or --download, not both")
     if source is not None:
         return source
     if use_download:
-        with Progress(TextColumn("downloading"), BarColumn(), DownloadColumn(), console=console) as bar:
+        err = console(stderr=True)
+        with Progress(TextColumn("downloading"), BarColumn(), DownloadColumn(), console=err,
+                      disable=not err.is_terminal) as bar:
             task = bar.add_task("download", total=None)
             return download(url, download_dir, md5,
                             on_bytes=lambda done, total: bar.update(task, completed=done, total=total))
     for place in default_sources():
         if place.exists():
-            console.print(f"using {place} (no --source given)")
+            note(f"using {place} (no --source given)")
             return place
     fail("no CIFAR-10 found in the default places ($ALEXPIPE_CIFAR10, ./cifar-10-python.tar.gz, "
          f"./cifar-10-batches-py, {cache_dir()}/cifar-10-python.tar.gz); pass --source PATH or --download")
-    raise AssertionError  # unreachable
 
 
 def convert_cmd(
@@ -55,10 +84,11 @@ def convert_cmd(
              "extracted to a folder. Default: $ALEXPIPE_CIFAR10, then ./cifar-10-python.tar.gz, "
              "./cifar-10-batches-py, then the download cache."),
     out: Path = typer.Option(Path("data/cifar10"), "--out", "-o",
-                             help="Folder to write train/val/test files into (created; must be empty unless --force)."),
+                             help="Folder to write train/val/test files into (created; must be empty, or an "
+                                  "earlier conversion with --force)."),
     val_size: int = typer.Option(10_000, help="Images held out of the official train set as the val split "
                                               "(class-balanced, so a multiple of 10; 0 for none)."),
-    seed: int = typer.Option(0, help="Seed choosing which train images go to the val split."),
+    seed: int = typer.Option(0, help="Seed choosing which train images go to the val split (non-negative)."),
     use_download: bool = typer.Option(False, "--download", help="Download the official python-version archive "
                                                                 "(md5-checked) into --download-dir first."),
     url: str = typer.Option(OFFICIAL_URL, help="Where --download fetches from (a mirror, or file:// URL)."),
@@ -66,110 +96,120 @@ def convert_cmd(
     download_dir: Optional[Path] = typer.Option(None, help="Where --download keeps the archive "
                                                            "[default: $XDG_CACHE_HOME/alexpipe or ~/.cache/alexpipe]."),
     allow_partial: bool = typer.Option(False, help="Accept batches with fewer than 10,000 images (subsets, tests)."),
-    force: bool = typer.Option(False, help="Replace what --out already holds (only once the new data is complete)."),
+    force: bool = typer.Option(False, help="Replace an earlier conversion in --out (only once the new one is "
+                                           "complete; never a folder holding anything else)."),
     beton: Optional[bool] = typer.Option(None, "--beton/--no-beton",
                                          help="Also write FFCV .beton files. Default: when FFCV is installed."),
 ) -> None:
     """Convert CIFAR-10 once into memory-mappable safetensors files (+ FFCV .beton files)."""
-    try:
-        src = _resolve_source(source, use_download, url, md5, download_dir)
-        with Progress(TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn(), console=console, transient=True) as bar:
-            from .beton import ffcv_available
+    with _one_line_errors("interrupted: --out was left as it was and the temporary files were removed"):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            total = steps_for(ffcv_available() if beton is None else beton)
+        from .beton import ffcv_installed
+        from .convert import convert, steps_for
+
+        if seed < 0:  # before a download; convert checks it too
+            fail(f"--seed must be a non-negative integer, got {seed}")
+        src = _resolve_source(source, use_download, url, md5, download_dir)
+        err = console(stderr=True)
+        # a progress bar only on a terminal: piped or logged, it is noise (and a stray blank line)
+        with Progress(TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
+            total = steps_for(ffcv_installed() if beton is None else beton)
             task = bar.add_task("converting", total=total)
 
             def step(what: str) -> None:
-                bar.update(task, description=what, advance=1)
+                bar.update(task, description=literal(what), advance=1)
 
             summary = convert(src, out, val_size=val_size, seed=seed, allow_partial=allow_partial,
                               force=force, betons=beton, step=step)
-    except DataError as exc:
-        fail(str(exc))
-    _print_summary(summary)
+        _print_summary(summary)
 
 
 def _print_summary(s) -> None:
-    t = Table(title=f"CIFAR-10 converted into {s.out} in {s.seconds:.1f} s")
-    t.add_column("split")
-    t.add_column("images", justify="right")
-    t.add_column("per class")
-    t.add_column("file")
+    from rich.table import Table
+
+    t = Table()
+    for col in ("split", "images", "per class", "file"):
+        t.add_column(col)
     for sp in s.splits:
-        t.add_row(sp.name, f"{sp.num_images:,}", " ".join(map(str, sp.class_counts)), sp.file)
-    out_console.print(t)
+        t.add_row(sp.name, f"{sp.num_images:,}", " ".join(map(str, sp.class_counts)), literal(sp.file))
+    out = console()
+    out.print(f"CIFAR-10 converted into {literal(s.out)} in {s.seconds:.1f} s")  # not a title: a long path wraps
+    out.print(t)
     _print_stats(s.stats)
     src = s.source
     official = {True: "official md5", False: "md5 is NOT the official one", None: "folder: no archive md5"}
-    out_console.print(f"source: {src['kind']} sha256 {src['sha256']} ({official[src['md5_official']]})")
-    out_console.print(f"FFCV .beton files: {'written' if s.betons else 'not written'}")
-    for note in s.notes:
-        console.print(f"note: {note}")
+    out.print(f"source: {literal(src['kind'])} sha256 {literal(src['sha256'])} ({official[src['md5_official']]})")
+    out.print(f"FFCV .beton files: {'written' if s.betons else 'not written'}")
+    for n in s.notes:
+        note(n)
 
 
 def _print_stats(stats) -> None:
+    """Mean/std and the PCA; each eigenvector printed as the column it is (v_i = column i of V)."""
     f = lambda xs: "(" + ", ".join(f"{x:.4f}" for x in xs) + ")"  # noqa: E731
-    out_console.print(f"train mean (0..255): {f(stats.mean)}   std: {f(stats.std)}")
-    out_console.print(f"PCA eigenvalues: {f(stats.eigenvalues)}")
-    out_console.print("PCA eigenvectors (columns): " + " ".join(f(r) for r in stats.eigenvectors))
+    columns = [tuple(row[i] for row in stats.eigenvectors) for i in range(len(stats.eigenvalues))]
+    out = console()
+    out.print(f"train mean (0..255): {f(stats.mean)}   std: {f(stats.std)}")
+    out.print(f"PCA eigenvalues: {f(stats.eigenvalues)}")
+    out.print("PCA eigenvectors: " + "  ".join(f"v{i + 1} = {f(c)}" for i, c in enumerate(columns)))
 
 
 def info_cmd(
     data: Path = typer.Argument(..., help="A folder written by `alexpipe convert`."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Re-hash every file against its recorded checksum."),
+    verify: bool = typer.Option(True, "--verify/--no-verify",
+                                help="Re-read every file and check it against its recorded checksums "
+                                     "(headers, metadata and the manifest are always checked)."),
 ) -> None:
     """Show what a converted folder holds and check its integrity."""
-    if not data.is_dir():
-        fail(f"{data} is not a folder written by `alexpipe convert`")
-    manifest_path = data / MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        fail(f"{manifest_path} is missing or unreadable: not a folder written by `alexpipe convert`")
-    t = Table(title=f"{data} (format {manifest['format']} v{manifest['format_version']})")
-    for col in ("split", "images", "shape", "per class", "integrity"):
+    with _one_line_errors("interrupted"):
+        from .fileformat import SPLITS, split_path
+        from .integrity import read_manifest, recorded_splits, verify_dataset
+
+        if not data.is_dir():
+            fail(f"{data} is not a folder written by `alexpipe convert`")
+        manifest = read_manifest(data)
+        listed = recorded_splits(manifest)
+        # a split file the manifest does not list is a disagreement too: verify_dataset names it
+        splits = listed + [s for s in SPLITS if s not in listed and split_path(data, s).exists()]
+        _print_contents(data, manifest, listed)
+        verify_dataset(data, splits, content=verify)
+        console().print("integrity: ok" if verify else
+                        "integrity: headers, metadata and manifest agree; contents not re-read (--no-verify)")
+
+
+def _print_contents(data: Path, manifest: dict, splits: list[str]) -> None:
+    """The table of splits and what the first readable one records; unreadable splits show `?`."""
+    from rich.table import Table
+
+    from .fileformat import read_meta, split_path
+
+    t = Table()
+    for col in ("split", "images", "shape", "per class"):
         t.add_column(col)
-    problems: list[str] = []
     first = None
-    for split in SPLITS:
-        if not split_path(data, split).exists():
-            continue
+    for split in splits:
         try:
-            s = load_split(data, split)
-            first = first or s
-            status = "not checked"
-            if verify:
-                verify_split(s)
-                status = "ok"
-        except DataError as exc:
-            problems.append(str(exc))
-            t.add_row(split, "?", "?", "?", "[red]FAILED[/]")
+            header, meta = read_meta(split_path(data, split), inside=data)
+        except DataError:
+            t.add_row(split, "?", "?", "?")
             continue
-        t.add_row(split, f"{len(s):,}", str(tuple(s.images.shape)), " ".join(map(str, s.meta.class_counts)), status)
-    for name, entry in manifest.get("files", {}).items():
-        if "sha256" in entry:  # .beton files
-            p = data / name
-            if not p.exists():
-                problems.append(f"{p}: listed in the manifest but missing")
-            elif verify and file_hexdigests(p, "sha256")[0] != entry["sha256"]:
-                problems.append(f"{p}: sha256 differs from the manifest (modified or corrupt)")
-    out_console.print(t)
+        first = first or meta
+        t.add_row(split, f"{meta.num_images:,}", str(header.tensors["images"].shape),
+                  " ".join(map(str, meta.class_counts)))
+    out = console()
+    out.print(f"{literal(data)} (format {literal(manifest['format'])} v{manifest['format_version']})")
+    out.print(t)
     if first is not None:
-        out_console.print("classes: " + ", ".join(first.meta.classes))
-        _print_stats(first.meta.stats)
-        src = first.meta.source
-        out_console.print(f"source: {src['kind']} sha256 {src['sha256']} md5 {src['md5']} "
-                          f"(official md5: {src['md5_official']}); val split: {first.meta.val_size} images, "
-                          f"seed {first.meta.split_seed}")
-    betons = sorted(n for n in manifest.get("files", {}) if n.endswith(".beton"))
-    out_console.print("FFCV files: " + (", ".join(betons) if betons else "none"))
-    if problems:
-        for p in problems:
-            console.print(f"[bold red]error:[/] {p}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
-    if verify:
-        out_console.print("integrity: ok")
+        out.print("classes: " + ", ".join(literal(c) for c in first.classes))
+        _print_stats(first.stats)
+        src = first.source
+        out.print(f"source: {literal(src.get('kind'))} sha256 {literal(src.get('sha256'))} md5 {literal(src.get('md5'))} "
+                  f"(official md5: {literal(src.get('md5_official'))}); val split: {first.val_size} images, "
+                  f"seed {first.split_seed}")
+    betons = sorted(n for n in manifest["files"] if n.endswith(".beton"))
+    out.print("FFCV files: " + (", ".join(literal(b) for b in betons) if betons else "none"))
 
 
 def register(app: typer.Typer) -> None:
