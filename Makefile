@@ -13,7 +13,7 @@ ARGS ?=
 BIN := $(VENV)/bin
 APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev
 
-.PHONY: setup system run convert train test bench clean
+.PHONY: setup system run convert train test bench gpu-check clean
 
 setup: system $(BIN)/alexpipe
 
@@ -47,6 +47,11 @@ test: setup
 
 bench: convert
 	$(BIN)/alexpipe bench all --data $(DATA) --out bench/results/$$(hostname)
+
+# On a fresh GPU machine with torch but no pip or network: runs from this source tree with the installed
+# python3 (no venv), writes its figures into $$OUT or bench/results/gpu-check-<host>. See README, "On a GPU".
+gpu-check:
+	$(PYTHON) bench/gpu_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -34,7 +34,7 @@ class Options:
     """The shared options, parsed once."""
 
     def __init__(self, data, backends, batch_sizes, workers, dtype, channels_last, device, augment, pca, duration,
-                 repeats, warmup, settle, both_layouts=False):
+                 repeats, warmup, settle, both_layouts=False, baseline=True):
         import torch
 
         if not (Path(data) / "train.safetensors").exists():
@@ -46,7 +46,7 @@ class Options:
         if unknown:
             raise typer.BadParameter(f"--backends: unknown {', '.join(sorted(unknown))}; choose from "
                                      f"{', '.join(ALL_BACKENDS)}")
-        if "torchvision" not in self.backends:  # the baseline is always measured in the same run
+        if "torchvision" not in self.backends and baseline:  # the baseline is always measured in the same run
             self.backends.insert(0, "torchvision")
         self.backends.sort(key=lambda b: b != "torchvision")  # baseline first in every round
         self.batch_sizes = _parse_list(batch_sizes, "--batch-sizes", int)
@@ -67,10 +67,11 @@ class Options:
         common = dict(workers=self.workers, dtype=self.dtype, device=self.device, augment=self.augment, pca=self.pca,
                       data=self.data)
         out = []
+        compiles = (False, True) if kind == "overhead" else (False,)
         for cl in self.layouts:
             for b in self.batch_sizes:
-                out += [harness.Config(kind=kind, backend=be, batch_size=b, channels_last=cl, **common)
-                        for be in self.backends]
+                out += [harness.Config(kind=kind, backend=be, batch_size=b, channels_last=cl, compile=co, **common)
+                        for be in self.backends for co in compiles]
                 if kind == "train":
                     out.append(harness.Config(kind="model", batch_size=b, channels_last=cl, **common))
         return out
@@ -93,24 +94,32 @@ def _run(o: Options, kinds: list[str]) -> dict:
 
 
 def _show(doc: dict, out: Optional[Path]) -> None:
-    t = Table(title="alexpipe bench")
-    for h in report.HEADER:
-        t.add_column(h)
-    for r in report.rows(doc):
-        t.add_row(*r)
-    out_console.print(t)
+    for title, header, rows in (("alexpipe bench", report.HEADER, report.rows(doc)),
+                                ("alexpipe bench: host cost per step", report.OVERHEAD_HEADER,
+                                 report.overhead_rows(doc))):
+        if not rows:
+            continue
+        t = Table(title=title)
+        for h in header:
+            t.add_column(h)
+        for r in rows:
+            t.add_row(*r)
+        out_console.print(t)
     if out is not None:
         for p in report.write_all(doc, out):
             out_console.print(f"wrote {p}")
 
 
-KINDS = {"loaders": ["loader"], "train": ["train"], "all": ["loader", "train"]}
+KINDS = {"loaders": ["loader"], "train": ["train"], "overhead": ["overhead"], "all": ["loader", "train"]}
 
 
 def bench_cmd(
-    what: str = typer.Argument(..., metavar="loaders|train|all",
+    what: str = typer.Argument(..., metavar="loaders|train|overhead|all",
                                help="loaders: each backend alone; train: the full training step per backend plus "
-                                    "the model-only ceiling; all: both, and the report files."),
+                                    "the model-only ceiling; overhead: the host's cost of the training step (the "
+                                    "network replaced by a near-zero-cost one), eager and compiled, in "
+                                    "microseconds and aten operations per step; all: loaders and train, and the "
+                                    "report files."),
     data: Path = typer.Option(Path("data/cifar10"), help="Folder written by `alexpipe convert`."),
     backends: str = typer.Option(",".join(ALL_BACKENDS), help="Comma-separated backends; torchvision (the "
                                                               "baseline) is always added."),
@@ -136,12 +145,13 @@ def bench_cmd(
 ) -> None:
     """Measure images/s of every loader (and training step) beside the torchvision baseline."""
     if what not in KINDS:
-        console.print(f"[bold red]error:[/] unknown benchmark {what!r}; choose loaders, train or all")
+        console.print(f"[bold red]error:[/] unknown benchmark {what!r}; choose loaders, train, overhead or all")
         raise typer.Exit(1)
     if pca not in ("blog", "paper", "off"):
         raise typer.BadParameter("--pca must be blog, paper or off")
+    # overhead compares each backend with itself (eager against compiled): no torchvision baseline needed
     o = Options(data, backends, batch_sizes, workers, dtype, channels_last, device, augment, pca, duration,
-                repeats, warmup, settle, both_layouts)
+                repeats, warmup, settle, both_layouts, baseline=what != "overhead")
     if out is None and what == "all":
         out = Path("bench/results") / socket.gethostname()
     _show(_run(o, KINDS[what]), out)

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Config:
-    kind: str  # loader | train | model | fake
+    kind: str  # loader | train | model | overhead | fake
     backend: str = ""  # resident | dali | ffcv | torchvision ("" for model)
     batch_size: int = 128
     workers: int = 2
@@ -36,11 +36,13 @@ class Config:
     data: str = ""
     rate: float = 0.0  # fake only: images/s
     fail: str = ""  # fake only: fail at setup with this message
+    compile: bool = False  # torch.compile the step (and the resident augmentation)
 
     @property
     def id(self) -> str:
         name = self.backend or ("ceiling" if self.kind == "model" else "")
-        return f"{self.kind}/{name}/b{self.batch_size}" + ("/channels_last" if self.channels_last else "")
+        return (f"{self.kind}/{name}/b{self.batch_size}" + ("/channels_last" if self.channels_last else "")
+                + ("/compiled" if self.compile else ""))
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Outcome:
     reason: Optional[str] = None
     warmup_seconds: float = 0.0
     samples: list[dict[str, float]] = field(default_factory=list)
+    ops_per_step: Optional[float] = None  # overhead only
 
 
 class Worker:
@@ -113,6 +116,7 @@ def run(configs: list[Config], repeats: int = 5, duration: float = 4.0, settle: 
                 workers.append(None)
                 continue
             out.warmup_seconds = msg["warmup_seconds"]
+            out.ops_per_step = msg.get("ops_per_step")
             workers.append(w)
         try:
             for rnd in range(repeats):
@@ -152,7 +156,7 @@ def summarise(outcomes: list[Outcome], baseline_backend: str = "torchvision") ->
     records = []
     for o in outcomes:
         c = o.config
-        base_id = replace(c, backend=baseline_backend).id if c.kind in ("loader", "train", "fake") else None
+        base_id = _baseline(c, baseline_backend)
         ceil_id = replace(c, kind="model", backend="").id if c.kind == "train" else None
         base = by_id.get(base_id) if base_id else None
         ceil = by_id.get(ceil_id) if ceil_id else None
@@ -169,5 +173,21 @@ def summarise(outcomes: list[Outcome], baseline_backend: str = "torchvision") ->
             "ratio": {**_spread(ratios), "per_round": ratios} if ratios else None,
             "ceiling": ceil_id if ceil is not None else None,
             "of_ceiling": {**_spread(of_ceiling), "per_round": of_ceiling} if of_ceiling else None,
+            **(_overhead(o, base) if c.kind == "overhead" else {}),
         })
     return records
+
+
+def _baseline(c: Config, baseline_backend: str) -> Optional[str]:
+    """What a configuration is compared with: the torchvision loader, or (overhead) the same step uncompiled."""
+    if c.kind == "overhead":
+        return replace(c, compile=False).id
+    return replace(c, backend=baseline_backend).id if c.kind in ("loader", "train", "fake") else None
+
+
+def _overhead(o: Outcome, base: Optional[Outcome]) -> dict[str, Any]:
+    """Host microseconds per step and aten operations per step, and the operations' ratio to eager."""
+    per_step = [s["seconds"] / (s["images"] / o.config.batch_size) * 1e6 for s in o.samples]
+    ops_ratio = (o.ops_per_step / base.ops_per_step if o.ops_per_step and base is not None and base.ops_per_step
+                 else None)
+    return {"us_per_step": _spread(per_step), "ops_per_step": o.ops_per_step, "ops_ratio": ops_ratio}

@@ -72,6 +72,8 @@ def _fmt_ratio(r: dict | None, unit: str = "x") -> str:
 def rows(doc: dict[str, Any]) -> list[list[str]]:
     out = []
     for r in doc["results"]:
+        if r["kind"] == "overhead":
+            continue
         if r["status"] != "ok":
             out.append([r["id"], "unavailable", r["reason"] or "", "", ""])
             continue
@@ -83,6 +85,26 @@ def rows(doc: dict[str, Any]) -> list[list[str]]:
 
 
 HEADER = ["configuration", "images/s median (min–max)", "vs torchvision", "of model-only ceiling", "data stall"]
+OVERHEAD_HEADER = ["configuration", "host µs/step median (min–max)", "aten ops/step", "ops vs eager",
+                   "speed vs eager"]
+
+
+def overhead_rows(doc: dict[str, Any]) -> list[list[str]]:
+    """The host-cost table: one row per (backend, eager | compiled)."""
+    out = []
+    for r in doc["results"]:
+        if r["kind"] != "overhead":
+            continue
+        if r["status"] != "ok":
+            out.append([r["id"], "unavailable", r["reason"] or "", "", ""])
+            continue
+        us = r["us_per_step"]
+        eager = r["baseline"] == r["id"]
+        out.append([r["id"], f"{us['median']:,.0f} ({us['min']:,.0f}–{us['max']:,.0f})",
+                    f"{r['ops_per_step']:,.1f}" if r["ops_per_step"] is not None else "—",
+                    "eager" if eager else (f"{r['ops_ratio']:.2f}x" if r["ops_ratio"] else "—"),
+                    "eager" if eager else _fmt_ratio(r["ratio"])])
+    return out
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -98,10 +120,19 @@ def markdown(doc: dict[str, Any]) -> str:
         f"augmentation {'on' if st['augment'] else 'off'} "
         f"(PCA {st['pca']}), workers/threads {st['workers']}. Ratios are medians of per-round ratios.",
         "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "---|" * len(HEADER),
     ]
-    lines += ["| " + " | ".join(r) + " |" for r in rows(doc)]
+    main = rows(doc)
+    if main:
+        lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        lines += ["| " + " | ".join(r) + " |" for r in main]
+    overhead = overhead_rows(doc)
+    if overhead:
+        lines += ([""] if main else []) + ["Host cost of the training step with the network replaced by a near-zero-cost one (global "
+                  "mean pool + 3 -> 10 linear): microseconds per step, and aten operator calls per step as "
+                  "torch.profiler records them on the host (nested calls included), eager against torch.compile "
+                  "(the step's forward + loss + sums, its clipping, and the resident loader's augmentation).", "",
+                  "| " + " | ".join(OVERHEAD_HEADER) + " |", "|" + "---|" * len(OVERHEAD_HEADER)]
+        lines += ["| " + " | ".join(r) + " |" for r in overhead]
     return "\n".join(lines) + "\n"
 
 
@@ -111,8 +142,9 @@ def chart(doc: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in doc["results"] if r["status"] == "ok"]
+    ok = [r for r in doc["results"] if r["status"] == "ok" and r["kind"] != "overhead"]
     if not ok:
+        _overhead_chart([r for r in doc["results"] if r["status"] == "ok"], doc, path)
         return
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(ok) + 1.5))
     names = [r["id"] for r in ok]
@@ -135,6 +167,33 @@ def chart(doc: dict[str, Any], path: Path) -> None:
     env = doc["environment"]
     ax.set_title(f"alexpipe bench — {env['cpu']}{' + ' + env['gpu'] if env['gpu'] else ''}", fontsize=10)
     ax.set_xlim(right=max(med) * 30)
+    _save(fig, path)
+
+
+def _overhead_chart(ok: list[dict[str, Any]], doc: dict[str, Any], path: Path) -> None:
+    """Bars of host microseconds per step, annotated with aten operations per step."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 0.5 * max(len(ok), 1) + 1.5))
+    names = [r["id"] for r in ok]
+    med = [r["us_per_step"]["median"] for r in ok]
+    ax.barh(names, med, color=["tab:green" if r["compile"] else "tab:blue" for r in ok])
+    for i, r in enumerate(ok):
+        ops = r["ops_per_step"]
+        ax.text(med[i] * 1.02, i, f"{med[i]:,.0f} µs" + (f", {ops:,.0f} ops" if ops is not None else ""),
+                va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("host microseconds per step (near-zero-cost network)")
+    env = doc["environment"]
+    ax.set_title(f"alexpipe bench overhead — {env['cpu']}{' + ' + env['gpu'] if env['gpu'] else ''}", fontsize=10)
+    if med:
+        ax.set_xlim(right=max(med) * 1.4)
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)

@@ -6,9 +6,12 @@ loaders), answers "ready", then times one window per "measure" request. Its
 stdout is reserved for this protocol (one JSON object per line): anything a
 library prints goes to stderr instead.
 
-Kinds: "loader" (a backend alone), "train" (loader + full training step),
-"model" (the training step on one fixed batch: the ceiling no loader can beat),
-and "fake" (a calibrated loader that sleeps, to test the harness itself).
+Kinds: "loader" (a backend alone), "train" (loader + full training step:
+train.step's, the step `alexpipe train` runs), "model" (that step on one fixed
+batch: the ceiling no loader can beat), "overhead" (that step with the network
+replaced by a near-zero-cost one: the host's cost per step, and the operations
+it dispatches), and "fake" (a calibrated loader that sleeps, to test the
+harness itself). `compile` compiles the step (and the resident augmentation).
 """
 
 from __future__ import annotations
@@ -68,6 +71,23 @@ class _FakeLoader:
             yield self.x, self.y
 
 
+def _tiny_net():
+    """A network that costs next to nothing (global mean pool, then 3 -> 10): with it, a training step's time
+    is what the host spends around the model: loader, dispatch, loss, optimiser, metrics."""
+    import torch
+    from torch import nn
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.mean(dim=(2, 3)))
+
+    return Tiny()
+
+
 def build(cfg: dict[str, Any]) -> tuple[Callable[[], int], Callable[[], float], Any]:
     """(step: runs one unit of work and returns its image count, wait: seconds spent in the loader so far,
     device)."""
@@ -83,12 +103,14 @@ def build(cfg: dict[str, Any]) -> tuple[Callable[[], int], Callable[[], float], 
 
     device = torch.device(cfg["device"])
     dtype = getattr(torch, DTYPES[cfg["dtype"]])
+    compile_ = bool(cfg.get("compile"))
     waited = [0.0]
     loader = None
-    if cfg["kind"] in ("loader", "train"):
+    if cfg["kind"] in ("loader", "train", "overhead"):
+        extra = {"compile": True} if compile_ and cfg["backend"] == "resident" else {}
         loader = make_loader(cfg["data"], "train", cfg["backend"], device=device, batch_size=cfg["batch_size"],
                              dtype=dtype, channels_last=cfg["channels_last"], augment=cfg["augment"],
-                             pca=cfg["pca"], num_workers=cfg["workers"], seed=0)
+                             pca=cfg["pca"], num_workers=cfg["workers"], seed=0, **extra)
         src = _Endless(loader)
 
         def next_batch():
@@ -101,30 +123,48 @@ def build(cfg: dict[str, Any]) -> tuple[Callable[[], int], Callable[[], float], 
         return (lambda: len(next_batch()[1])), (lambda: waited[0]), device
 
     from alexpipe.model import build_model
+    from alexpipe.train import step as train_step
+    from alexpipe.train.metrics import EpochMeter
     from alexpipe.train.recipes import get_recipe
-    from alexpipe.train.schedule import build_optimizer
+    from alexpipe.train.schedule import Schedule, build_optimizer
 
+    recipe = get_recipe("blog")  # the step of the default recipe: clipping at 2.0, SGD with momentum
     torch.manual_seed(0)
-    model = build_model().to(device)
+    model = (_tiny_net() if cfg["kind"] == "overhead" else build_model()).to(device)
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, get_recipe("blog"))
-    amp = dtype if dtype != torch.float32 else None
+    opt = build_optimizer(model, recipe)
+    schedule = Schedule(opt, recipe, steps_per_epoch=len(loader) if loader is not None else 1)
+    step = train_step.build_step(model, opt, schedule, amp_dtype=dtype if dtype != torch.float32 else None,
+                                 clip_grad_norm=recipe.clip_grad_norm, label_smoothing=recipe.label_smoothing,
+                                 compile=compile_)
+    meter = EpochMeter(device)
     fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     fixed = (torch.randn(cfg["batch_size"], 3, 32, 32, device=device).to(dtype).contiguous(memory_format=fmt),
              torch.randint(0, 10, (cfg["batch_size"],), device=device))
 
-    def step() -> int:
+    def run() -> int:
         x, y = next_batch()[:2] if loader is not None else fixed
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
-        opt.step()
+        meter.add(step(x, y), y.shape[0])
         return y.shape[0]
 
-    return step, (lambda: waited[0]), device
+    return run, (lambda: waited[0]), device
+
+
+def ops_per_step(run: Callable[[], int], steps: int = 50, settle: int = 50) -> float:
+    """aten operator calls per step, as torch.profiler records them on the host (nested calls included:
+    each one is a trip through the dispatcher); work in loader threads or processes is not counted.
+
+    Counted over `steps` steps after `settle` more: the first compiled steps still compile (recompilations,
+    the lazily compiled backward) and would count their tracing."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(settle):
+        run()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            run()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::")) / steps
 
 
 def main() -> None:
@@ -143,7 +183,8 @@ def main() -> None:
         while time.perf_counter() - t0 < cfg.get("warmup_seconds", 2.0) or images < epochs_needed:
             images += step()
         _sync(device)
-        say(event="ready", warmup_seconds=time.perf_counter() - t0)
+        ops = ops_per_step(step) if cfg["kind"] == "overhead" else None
+        say(event="ready", warmup_seconds=time.perf_counter() - t0, ops_per_step=ops)
     except Exception as exc:  # report, don't crash the whole benchmark
         say(event="unavailable", reason=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
         return

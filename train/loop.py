@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -28,12 +26,13 @@ from alexpipe.model import build_model
 from alexpipe.pipeline import load_split, make_loader
 
 from . import checkpoint, distributed
-from .metrics import confusion_matrix, topk_correct, write_jsonl
+from .metrics import EpochMeter, EvalMeter, write_jsonl
 from .inputs import feed
 from .interrupt import GracefulInterrupt, Interrupted
 from .plot import plot_curves
 from .recipes import Recipe, validate
 from .schedule import Schedule, build_optimizer
+from .step import TrainStep, build_step, compiled, new_generation
 
 console = Console(stderr=True)
 
@@ -56,7 +55,8 @@ class RunOptions:
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # auto | bf16 | fp16 | off
     channels_last: Optional[bool] = None  # default: on for CUDA, off on CPU (measured: see README)
-    compile: bool = False
+    compile: bool = False  # torch.compile the step (model, loss) and the resident augmentation
+    compile_mode: Optional[str] = None  # torch.compile's mode: default | reduce-overhead | max-autotune ...
     subset: Optional[int] = None  # class-balanced subset of the train split
     eval_subset: Optional[int] = None  # class-balanced subset of val and test (quick runs)
     num_workers: int = 2
@@ -91,8 +91,8 @@ def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
         return torch.float16
     if amp == "bf16":
         return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":  # native bf16 only: pre-Ampere GPUs (T4, V100) emulate it slowly, so fp16 there
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
@@ -136,67 +136,48 @@ def data_identity(root: Path) -> dict[str, str]:
 # ---------------------------------------------------------------- one epoch of training
 
 
-def train_epoch(model, loader, optimizer, schedule: Schedule, scaler, amp_dtype, r: Recipe, device,
-                world: distributed.World, bar: Optional[Progress], epoch: int, log_every: int,
-                index_log: Optional[Path] = None, stop: Optional[GracefulInterrupt] = None) -> dict[str, float]:
-    model.train()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * n, correct, n
-    task = bar.add_task(f"epoch {epoch}", total=len(loader), info="") if bar else None
-    wait, seen_logged, t_start = 0.0, 0, time.perf_counter()
-    t_log = t_start
+@dataclass
+class EpochContext:
+    """What every training epoch shares: the step, the world, and how to report and stop."""
+
+    step: TrainStep
+    world: distributed.World
+    device: torch.device
+    log_every: int = 20
+    stop: Optional[GracefulInterrupt] = None
+    bar: Optional[Progress] = None
+    index_log: Optional[Path] = None  # test hook: append the train indices each rank sees
+
+
+def train_epoch(ctx: EpochContext, net: torch.nn.Module, loader, epoch: int) -> dict[str, float]:
+    """One pass over `loader`. Between two progress lines no step waits for the device."""
+    net.train()
+    meter = EpochMeter(ctx.device)
+    steps = len(loader)  # once: the loader caches its epoch order, but the loop need not ask again
+    task = ctx.bar.add_task(f"epoch {epoch}", total=steps, info="") if ctx.bar else None
+    wait, t_start = 0.0, time.perf_counter()
+    logged = (0, t_start)
     batches = iter(loader)
-    step = 0
-    while True:
+    for step in range(1, steps + 1):
+        new_generation(ctx.device)
         t0 = time.perf_counter()
-        try:
-            batch = next(batches)
-        except StopIteration:
-            break
+        batch = next(batches)
         wait += time.perf_counter() - t0
         images, labels = batch[0], batch[1]
-        if index_log is not None:
-            with open(index_log, "a") as f:
-                f.write(json.dumps({"rank": world.rank, "epoch": epoch, "index": batch[2].tolist()}) + "\n")
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=r.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if r.clip_grad_norm:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), r.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if r.clip_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), r.clip_grad_norm)
-            optimizer.step()
-        schedule.after_step()
-        n = labels.shape[0]
-        sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == labels).sum().double(),
-                             torch.tensor(float(n), dtype=torch.float64, device=device)])
-        step += 1
-        if stop is not None and not world.distributed:
-            stop.check()  # a Ctrl-C stops between steps, never inside a checkpoint write
-        if step % log_every == 0 or step == len(loader):
-            if stop is not None and world.distributed and distributed.any_flag(stop.requested, world, device):
-                raise Interrupted
-            loss_sum, correct, count = sums.tolist()  # one sync every log_every steps
-            if not math.isfinite(loss_sum):
-                raise NonFiniteLoss(f"the loss became non-finite in epoch {epoch} (step {step})")
-            if bar:
-                now = time.perf_counter()
-                rate = (count - seen_logged) / max(now - t_log, 1e-9) * world.world_size
-                seen_logged, t_log = count, now
-                bar.update(task, completed=step, info=f"{rate:7.0f} img/s  loss {loss_sum / count:.4f}  "
-                                                      f"acc {100 * correct / count:5.2f}%  lr {schedule.lr:.2e}")
+        if ctx.index_log is not None:
+            with open(ctx.index_log, "a") as f:
+                f.write(json.dumps({"rank": ctx.world.rank, "epoch": epoch, "index": batch[2].tolist()}) + "\n")
+        meter.add(ctx.step(images, labels), labels.shape[0])
+        if ctx.stop is not None and not ctx.world.distributed:
+            ctx.stop.check()  # a Ctrl-C stops between steps, never inside a checkpoint write
+        if step % ctx.log_every == 0 or step == steps:
+            logged = _progress(ctx, meter, epoch, step, task, logged)
     seconds = time.perf_counter() - t_start
-    if bar:
-        bar.remove_task(task)
-    distributed.all_reduce_sum(sums, world)
-    loss_sum, correct, count = sums.tolist()
+    if ctx.bar:
+        ctx.bar.remove_task(task)
+    distributed.all_reduce_sum(meter.sums, ctx.world)
+    loss_sum, correct, _ = meter.read()
+    count = distributed.sum_int(meter.count, ctx.world, ctx.device)
     if count == 0:
         raise TrainingError("the training loader yielded no batch: the subset is smaller than one batch")
     if not math.isfinite(loss_sum):
@@ -205,32 +186,53 @@ def train_epoch(model, loader, optimizer, schedule: Schedule, scaler, amp_dtype,
             "train_seconds": seconds, "images_per_s": count / seconds, "data_wait_fraction": wait / seconds}
 
 
+def _progress(ctx: EpochContext, meter: EpochMeter, epoch: int, step: int, task, logged: tuple[int, float]):
+    """The progress line: the one place a training epoch reads values back from the device."""
+    if ctx.stop is not None and ctx.world.distributed and distributed.any_flag(ctx.stop.requested, ctx.world,
+                                                                                ctx.device):
+        raise Interrupted
+    loss_sum, correct, count = meter.read()
+    if not math.isfinite(loss_sum):
+        raise NonFiniteLoss(f"the loss became non-finite in epoch {epoch} (step {step})")
+    now = time.perf_counter()
+    if ctx.bar:
+        rate = (count - logged[0]) / max(now - logged[1], 1e-9) * ctx.world.world_size
+        ctx.bar.update(task, completed=step, info=f"{rate:7.0f} img/s  loss {loss_sum / count:.4f}  "
+                                                  f"acc {100 * correct / count:5.2f}%  "
+                                                  f"lr {ctx.step.schedule.lr:.2e}")
+    return count, now
+
+
 # ---------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
-def evaluate(model, loader, amp_dtype, tta_flip: bool, num_classes: int, device,
+def evaluate(net: torch.nn.Module, loader, amp_dtype: Optional[torch.dtype], tta_flip: bool, num_classes: int,
              world: distributed.World = distributed.World()) -> dict[str, Any]:
-    """Loss, top-1/top-5 and the confusion matrix over every image of the loader's split (all ranks)."""
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss * n, top1, top5, n
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    for batch in loader:
+    """Loss, top-1/top-5 and the confusion matrix over every image of the loader's split (all ranks).
+
+    The sums stay on the device until the end: one synchronisation per evaluation.
+    """
+    net.eval()
+    meter = EvalMeter(num_classes, loader.cfg.device)
+    batches = iter(loader)
+    while True:
+        new_generation(loader.cfg.device)
+        batch = next(batches, None)
+        if batch is None:
+            break
         images, labels = batch[0], batch[1]
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(images).float()
+        with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = net(images).float()
             if tta_flip:
-                logits = 0.5 * (logits + model(images.flip(3)).float())
-        loss = F.cross_entropy(logits, labels, reduction="sum")
-        k = topk_correct(logits, labels, (1, 5)).double()
-        sums += torch.stack([loss.double(), k[0], k[1], torch.tensor(float(labels.shape[0]), device=device,
-                                                                       dtype=torch.float64)])
-        conf += confusion_matrix(logits.argmax(1), labels, num_classes)
-    distributed.all_reduce_sum(sums, world)
-    distributed.all_reduce_sum(conf, world)
-    loss_sum, top1, top5, n = sums.tolist()
-    return {"loss": loss_sum / max(n, 1), "top1": top1 / max(n, 1), "top5": top5 / max(n, 1), "images": int(n),
-            "confusion": conf.cpu().tolist()}
+                logits = 0.5 * (logits + net(images.flip(3)).float())
+        meter.add(logits, labels)
+    distributed.all_reduce_sum(meter.sums, world)
+    distributed.all_reduce_sum(meter.confusion, world)
+    n = distributed.sum_int(meter.count, world, meter.sums.device)
+    loss_sum, top1, top5 = meter.sums.tolist()
+    return {"loss": loss_sum / max(n, 1), "top1": top1 / max(n, 1), "top5": top5 / max(n, 1), "images": n,
+            "confusion": meter.confusion.cpu().tolist()}
 
 
 # ---------------------------------------------------------------- the run
@@ -247,6 +249,7 @@ def fit(opt: RunOptions) -> dict[str, Any]:
     device = resolve_device(opt.device, world)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # training batches have one static shape (drop_last)
     distributed.init(world, device, opt.dist_timeout)
     try:
         return _fit(opt, r, world, device)
@@ -282,6 +285,8 @@ def _fit(opt: RunOptions, r: Recipe, world: distributed.World, device: torch.dev
 
     common = dict(device=device, dtype=amp_dtype or torch.float32, channels_last=channels_last, seed=r.seed,
                   rank=world.rank, world_size=world.world_size, num_workers=opt.num_workers)
+    if r.loader == "resident" and opt.compile:  # the augmentation is part of the hot path: compile it too
+        common.update(compile=True, compile_mode=opt.compile_mode)
     train_loader = make_loader(data, "train", r.loader, batch_size=r.batch_size // world.world_size, pca=r.pca,
                                pca_sigma=r.pca_sigma, indices=subset, with_index=opt.index_log is not None,
                                **common)
@@ -297,7 +302,13 @@ def _fit(opt: RunOptions, r: Recipe, world: distributed.World, device: torch.dev
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, r)
     schedule = Schedule(optimizer, r, steps_per_epoch=len(train_loader))
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    net = feed(model, r.inputs, train_split.meta.stats.std)
+    if world.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    step = build_step(net, optimizer, schedule, amp_dtype=amp_dtype, clip_grad_norm=r.clip_grad_norm,
+                      label_smoothing=r.label_smoothing, compile=opt.compile, compile_mode=opt.compile_mode)
+    eval_net = compiled(net, opt.compile_mode) if opt.compile else net
 
     history: list[dict[str, Any]] = []
     start_epoch, best = 1, {"val_acc": -1.0, "epoch": 0}
@@ -305,26 +316,20 @@ def _fit(opt: RunOptions, r: Recipe, world: distributed.World, device: torch.dev
         ckpt = checkpoint.load(last_path)
         _check_resumable(ckpt, r, identity, opt.force, world)
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        checkpoint.restore_optimizer(optimizer, ckpt["optimizer"])
         schedule.load_state_dict(ckpt["schedule"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
+        if step.scaler.is_enabled() and ckpt.get("scaler"):
+            step.scaler.load_state_dict(ckpt["scaler"])
         history, best = ckpt["history"], ckpt["best"]
         start_epoch = ckpt["epoch"] + 1
         checkpoint.set_rng_state(ckpt["rng"][world.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
         if world.is_main:
             console.print(f"resuming {out} after epoch {ckpt['epoch']} of {r.epochs}")
 
-    net = feed(model, r.inputs, train_split.meta.stats.std)
-    if world.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
-    if opt.compile:
-        net = torch.compile(net)
-
     run_info = {"type": "config", "recipe": r.to_dict(), "git_commit": git_commit(), "command": opt.command,
                 "device": str(device), "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
-                "channels_last": channels_last, "compile": opt.compile, "world_size": world.world_size,
+                "channels_last": channels_last, "compile": opt.compile,
+                "compile_mode": opt.compile_mode if opt.compile else None, "world_size": world.world_size,
                 "subset": opt.subset, "eval_subset": opt.eval_subset, "data": str(data),
                 "data_sha256": {"train": identity["train"], "val": identity["val"]},
                 "torch": str(torch.__version__), "python": sys.version.split()[0]}
@@ -337,16 +342,16 @@ def _fit(opt: RunOptions, r: Recipe, world: distributed.World, device: torch.dev
                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console, transient=True)
            if world.is_main else None)
     epoch = start_epoch - 1
-    with GracefulInterrupt() as stop:  # the first Ctrl-C only raises a flag, checked between steps
+    with GracefulInterrupt() as stop:
+        ctx = EpochContext(step, world, device, opt.log_every, stop, bar, opt.index_log)  # the first Ctrl-C only raises a flag, checked between steps
         try:
             if bar:
                 bar.start()
             for epoch in range(start_epoch, r.epochs + 1):
                 train_loader.set_epoch(epoch)
                 lr = schedule.lr
-                stats = train_epoch(net, train_loader, optimizer, schedule, scaler, amp_dtype, r, device, world, bar,
-                                    epoch, opt.log_every, opt.index_log, stop)
-                val = evaluate(net, val_loader, amp_dtype, r.tta_flip, num_classes, device, world)
+                stats = train_epoch(ctx, net, train_loader, epoch)
+                val = evaluate(eval_net, val_loader, amp_dtype, r.tta_flip, num_classes, world)
                 schedule.after_epoch(val["loss"])
                 record = {"type": "epoch", "epoch": epoch, **stats, "val_loss": val["loss"],
                           "val_acc": val["top1"], "val_top5": val["top5"], "val_images": val["images"], "lr": lr,
@@ -358,7 +363,7 @@ def _fit(opt: RunOptions, r: Recipe, world: distributed.World, device: torch.dev
                 rngs = _gather_rng(world)
                 if world.is_main:
                     state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                             "schedule": schedule.state_dict(), "scaler": step.scaler.state_dict() if step.scaler.is_enabled() else None,
                              "rng": rngs, "recipe": r.to_dict(), "data": identity, "history": history,
                              "best": best, "classes": list(classes), "run": run_info}
                     _publish_epoch(out, state, improved, run_info, r)
@@ -373,7 +378,7 @@ def _fit(opt: RunOptions, r: Recipe, world: distributed.World, device: torch.dev
 
     # ---- test
     test_loader = make_loader(data, "test", r.loader, batch_size=eval_batch, indices=eval_indices("test"), **common)
-    test = evaluate(net, test_loader, amp_dtype, r.tta_flip, num_classes, device, world)
+    test = evaluate(eval_net, test_loader, amp_dtype, r.tta_flip, num_classes, world)
     digests = _gather_weight_digests(model, world)
     if len(set(digests)) > 1:
         raise TrainingError(f"the ranks ended with different weights ({len(set(digests))} distinct): "

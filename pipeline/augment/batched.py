@@ -96,13 +96,16 @@ def to_layout(x: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
-def augment(source: torch.Tensor, index: torch.Tensor, p: BatchParams | None, norm: Normaliser,
+def augment(source: torch.Tensor, index: torch.Tensor, table: BatchParams | None, norm: Normaliser,
             dtype: torch.dtype, channels_last: bool, jitter: bool = True) -> torch.Tensor:
-    """Steps 1-5 for images `index` of a prepared source; with `p=None`, steps 4-5 only (eval).
+    """Steps 1-5 for images `index` of a prepared source, with their parameters looked up in `table` (the
+    whole split's); with `table=None`, steps 4-5 only (eval). Everything from the look-up on is one function,
+    so that torch.compile takes it whole.
 
     For eval the source is the plain (N, C, H, W) uint8 planes (no padding needed).
     """
-    if p is None:
+    if table is None:
         return to_layout(jitter_normalise(source[index], None, norm), dtype, channels_last)
+    p = table.take(index)
     x = translate_flip(source, index, p)
     return to_layout(jitter_normalise(x, p.alpha if jitter else None, norm), dtype, channels_last)

@@ -17,9 +17,9 @@ def make_loader(root: str | Path, split: str = "train", backend: str = "resident
     Options are the fields of `LoaderConfig` (batch_size, dtype, channels_last,
     pca, pca_sigma, augment, seed, shuffle, drop_last, rank, world_size,
     num_workers, indices, params, with_index) plus backend-specific ones
-    (resident: compile; dali: use_plugin).
+    (resident: compile, compile_mode; dali: use_plugin).
     """
-    extra = {k: options.pop(k) for k in ("compile", "use_plugin") if k in options}
+    extra = {k: options.pop(k) for k in ("compile", "compile_mode", "use_plugin") if k in options}
     cfg = LoaderConfig(root=Path(root), split=split, device=torch.device(device), **options)
     if backend == "resident":
         from .resident import ResidentLoader

@@ -92,8 +92,24 @@ def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without making the host wait: through pinned memory, asynchronously, on CUDA.
+
+    The pinned copy is freed only once the transfer is done (torch's caching
+    host allocator records the stream), so the caller may drop it at once.
+    """
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 class BaseLoader(ABC):
-    """Epoch bookkeeping shared by the backends; subclasses implement `_batches`."""
+    """Epoch bookkeeping shared by the backends; subclasses implement `_batches`.
+
+    Labels and positions never travel with the images: the split's labels live
+    on the device from the start and the epoch's order is copied there once, so
+    batch k's labels are a gather on the device (`_emit`), whatever the backend.
+    """
 
     backend = "base"
 
@@ -111,22 +127,33 @@ class BaseLoader(ABC):
         if cfg.params is not None and len(cfg.params) != n:
             raise ValueError(f"params must cover the whole split ({n} images), got {len(cfg.params)}")
         self.epoch = 0
+        self._order: Optional[tuple[int, np.ndarray]] = None  # (epoch, order): one permutation per epoch
+        self._device_order: Optional[tuple[int, torch.Tensor]] = None
+        self._device_labels: Optional[torch.Tensor] = None
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose shuffle and augmentation the next iteration uses."""
         self.epoch = int(epoch)
 
     def order(self, epoch: Optional[int] = None) -> np.ndarray:
-        """Split positions this rank visits in `epoch`, before batching."""
+        """Split positions this rank visits in `epoch`, before batching (computed once per epoch)."""
         c = self.cfg
-        return epoch_order(self.positions, c.seed, self.epoch if epoch is None else epoch, c.shuffle, c.rank,
-                           c.world_size, equal_shards=c.drop_last)
+        e = self.epoch if epoch is None else int(epoch)
+        if self._order is None or self._order[0] != e:
+            self._order = (e, epoch_order(self.positions, c.seed, e, c.shuffle, c.rank, c.world_size,
+                                          equal_shards=c.drop_last))
+        return self._order[1]
 
-    @property
-    def num_images(self) -> int:
-        """Images yielded per epoch on this rank."""
-        n = len(self.order())
-        return n // self.cfg.batch_size * self.cfg.batch_size if self.cfg.drop_last else n
+    def device_order(self) -> torch.Tensor:
+        """This epoch's order as an int64 tensor on the device, copied there once per epoch."""
+        if self._device_order is None or self._device_order[0] != self.epoch:
+            self._device_order = (self.epoch, to_device(torch.from_numpy(self.order()), self.cfg.device))
+        return self._device_order[1]
+
+    def batch_index(self, k: int) -> torch.Tensor:
+        """Split positions of this epoch's batch k, on the device."""
+        b = self.cfg.batch_size
+        return self.device_order()[k * b:(k + 1) * b]
 
     def __len__(self) -> int:
         return num_batches(len(self.order()), self.cfg.batch_size, self.cfg.drop_last)
@@ -138,5 +165,10 @@ class BaseLoader(ABC):
     def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         """Yield this epoch's batches (see the module docstring for their contract)."""
 
-    def _emit(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _emit(self, images: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+        """Batch k: the backend's images, with labels (and positions) gathered on the device."""
+        if self._device_labels is None:
+            self._device_labels = to_device(self.split.labels, self.cfg.device)
+        index = self.batch_index(k)
+        labels = self._device_labels[index]
         return (images, labels, index) if self.cfg.with_index else (images, labels)

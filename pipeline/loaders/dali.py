@@ -14,12 +14,14 @@ those of every other backend). The pipeline then runs DESIGN.md's steps:
   rather than before gives identical numbers (the jitter adds one delta to
   every pixel, so it commutes with any rearrangement of pixels) and saves a
   pass over the batch (about 15% of the pipeline's time on a CPU);
-- the cast to the compute dtype (step 5) happens in torch (DALI has no bfloat16).
+- the cast to the compute dtype (step 5) happens in torch (DALI has no bfloat16),
+  on DALI's own output buffer handed over through DLPack (no copy before it).
 
-dx, dy, flip and alpha come from DALI's generators (`fn.random.*`), seeded by
-`mix_seed(seed, epoch, rank)`: the pipeline is rebuilt per epoch, so an epoch
-is reproducible from (seed, epoch). With `cfg.params` (the test hook) they come
-from the external source instead and flow through the same operators.
+The pipeline is built once and reset between epochs. dx, dy, flip and alpha
+come through the external source too, from a table drawn on the host per
+epoch from (seed, epoch) alone (`epoch_params`), so an epoch is reproducible
+and an image's augmentation does not depend on the rank; with `cfg.params`
+(the test hook) the table is the given one, through the same operators.
 
 On CUDA the images are copied to the GPU right after the external source and
 every step runs there; the per-image parameters stay on the CPU, as DALI's
@@ -34,12 +36,13 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 import torch
 
-from ..augment import CROP, MAX_OFFSET, PAD, pca_matrix
+from ..augment import CROP, PAD, AugParams, pca_matrix
 from ..fileformat import Split
 from . import dali_build
-from .base import BaseLoader, LoaderConfig, mix_seed
+from .base import BaseLoader, LoaderConfig
 
 _warned: set[str] = set()
+_STREAM = 0xDA11  # keeps this backend's draws apart from other uses of (seed, epoch)
 
 
 def _warn_once(reason: str) -> None:
@@ -106,7 +109,9 @@ class DaliLoader(BaseLoader):
         if self.gpu:
             self.device_id = cfg.device.index if cfg.device.index is not None else torch.cuda.current_device()
         self.images = self.split.images.numpy()  # the memory map itself: batches are gathered from it
-        self.labels = self.split.labels
+        self._pipe: Any = None
+        self._finished = False  # whether the last epoch ran to its end (then the pipeline is only reset)
+        self._feed: tuple = ()  # (order, parameters, batches) of the epoch being fed
         stats = self.split.meta.stats
         self.mean = [float(v) for v in stats.mean]
         self.std = [float(v) for v in stats.std]
@@ -117,20 +122,32 @@ class DaliLoader(BaseLoader):
 
     # --- the pipeline ---
 
-    def _source(self, order: np.ndarray, batches: int) -> Callable:
-        """External-source callback: batch k of this epoch (images, plus parameters with the test hook)."""
+    def epoch_params(self) -> AugParams:
+        """Every split image's parameters for this epoch, drawn on the host from (seed, epoch) alone.
+
+        Not DALI's own generators: the pipeline is built once and lives across
+        epochs, so its generators' state would depend on every epoch before, and
+        a resumed run would not see the augmentation of an uninterrupted one.
+        """
         c = self.cfg
-        explicit = c.augment and c.params is not None
+        if c.params is not None:
+            return c.params
+        return AugParams.random(len(self.split), c.pca_sigma, np.random.default_rng([c.seed, self.epoch, _STREAM]))
+
+    def _source(self) -> Callable:
+        """External-source callback: batch k of the current epoch, images plus (when augmenting) parameters."""
+        c = self.cfg
 
         def source(info: Any) -> Any:
+            order, params, batches = self._feed
             k = info.iteration
             if k >= batches:
                 raise StopIteration
             idx = order[k * c.batch_size:(k + 1) * c.batch_size]
             images = self.images[idx]
-            if not explicit:
+            if params is None:
                 return images
-            p = c.params.take(idx)
+            p = params.take(idx)
             offsets = np.stack([p.dy, p.dx], axis=1).astype(np.int32)
             return images, offsets, p.flip.astype(np.int32), np.ascontiguousarray(p.alpha, dtype=np.float32)
 
@@ -140,17 +157,13 @@ class DaliLoader(BaseLoader):
         from nvidia.dali import fn, types
 
         c = self.cfg
-        if c.augment and c.params is not None:
+        if c.augment:
             images, offsets, flips, alpha = fn.external_source(
                 source=source, num_outputs=4, batch=True, batch_info=True,
                 layout=["HWC", "", "", ""], dtype=[types.UINT8, types.INT32, types.INT32, types.FLOAT])
         else:
             images = fn.external_source(source=source, batch=True, batch_info=True, layout="HWC",
                                         dtype=types.UINT8)
-            if c.augment:
-                offsets = fn.random.uniform(values=list(range(MAX_OFFSET + 1)), shape=2, dtype=types.INT32)
-                flips = fn.random.coin_flip(probability=0.5, dtype=types.INT32)
-                alpha = fn.random.normal(stddev=c.pca_sigma, shape=3, dtype=types.FLOAT)
         x = images.gpu() if self.gpu else images
         if c.augment:
             # offsets are (dy, dx) into the zero-padded image: start PAD earlier in the unpadded one
@@ -165,40 +178,45 @@ class DaliLoader(BaseLoader):
         return fn.crop_mirror_normalize(x, mean=self.mean, std=self.std, dtype=types.FLOAT,
                                         output_layout="HWC" if c.channels_last else "CHW", **mirror)
 
-    def _pipeline(self, order: np.ndarray, batches: int) -> Any:
+    def _pipeline(self) -> Any:
+        """The pipeline, built once: a finished epoch only resets it; an abandoned one (its prefetched
+        batches would leak into the next epoch) has it rebuilt."""
         from nvidia.dali import Pipeline
 
+        if self._pipe is not None and self._finished:
+            try:
+                self._pipe.run()  # past the end: DALI answers StopIteration and can then be reset
+            except StopIteration:
+                self._pipe.reset()
+                return self._pipe
         c = self.cfg
+        # exec_dynamic: outputs are reference-counted, so torch may keep a view of them (no copy)
         pipe = Pipeline(batch_size=c.batch_size, num_threads=max(1, c.num_workers), device_id=self.device_id,
-                        seed=mix_seed(c.seed, self.epoch, c.rank), prefetch_queue_depth=2)
+                        seed=c.seed, prefetch_queue_depth=2, exec_dynamic=True)
         with pipe:
-            pipe.set_outputs(self._graph(self._source(order, batches)))
+            pipe.set_outputs(self._graph(self._source()))
         pipe.build()
+        self._pipe = pipe
         return pipe
 
     def _to_torch(self, out: Any) -> torch.Tensor:
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
+        """DALI's output as a torch tensor through DLPack: no copy (on CUDA, torch's stream waits for
+        DALI's, without the host waiting); the cast to the compute dtype is the one pass over it."""
         c = self.cfg
-        t = out.as_tensor()
-        dst = torch.empty(t.shape(), dtype=torch.float32, device=c.device)
-        # the copy is ordered on torch's current stream, so torch's later kernels see the data
-        feed_ndarray(t, dst, cuda_stream=torch.cuda.current_stream(c.device) if self.gpu else None)
-        x = dst.permute(0, 3, 1, 2) if c.channels_last else dst  # NHWC viewed as NCHW is channels_last
+        t = torch.from_dlpack(out.as_tensor())
+        x = t.permute(0, 3, 1, 2) if c.channels_last else t  # NHWC viewed as NCHW is channels_last
         return x.to(c.dtype)
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         c = self.cfg
-        order = self.order()
         batches = len(self)
         if batches == 0:
             return
-        pipe = self._pipeline(order, batches)
-        try:
-            for k in range(batches):
-                (out,) = pipe.run()
-                idx = torch.from_numpy(order[k * c.batch_size:(k + 1) * c.batch_size])
-                x = self._to_torch(out)
-                yield self._emit(x, self.labels[idx].to(c.device), idx.to(c.device))
-        finally:
-            del pipe
+        self._feed = (self.order(), self.epoch_params() if c.augment else None, batches)
+        pipe = self._pipeline()
+        self._finished = False
+        for k in range(batches):
+            (out,) = pipe.run()
+            if k == batches - 1:
+                self._finished = True
+            yield self._emit(self._to_torch(out), k)

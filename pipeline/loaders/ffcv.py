@@ -2,12 +2,12 @@
 
 Pipelines (`augment_on="cpu"`, the default off CUDA; all numba, `num_workers` threads):
 
-    image  SimpleRGBImageDecoder -> TranslateFlip -> PCAJitterNormalise -> ToTensor   train
-           SimpleRGBImageDecoder -> TranslateFlip -> NormalizeImage     -> ToTensor   train, pca="off"
-           SimpleRGBImageDecoder -> NormalizeImage                     -> ToTensor   val / test
-    label  IntDecoder -> LabelWithIndex -> ToTensor
+    image  SimpleRGBImageDecoder -> TranslateFlip -> PCAJitterNormalise   train
+           SimpleRGBImageDecoder -> TranslateFlip -> NormalizeImage       train, pca="off"
+           SimpleRGBImageDecoder -> NormalizeImage                       val / test
+    label  not decoded: labels are gathered on the device from the epoch order (base.BaseLoader._emit)
 
-(plus ToDevice when the target is not the CPU), then one copy into NCHW of the
+(plus ToTensor -> ToDevice when the target is not the CPU), then one copy into NCHW of the
 requested dtype and memory format (a permute is all channels_last needs). The
 copy is not optional: FFCV recycles its output buffers a few batches later.
 For float32 on the CPU it is a single-threaded NumPy copy, because a torch copy
@@ -48,7 +48,7 @@ from ..augment.batched import Normaliser, jitter_normalise, to_layout
 from ..beton import beton_path, ffcv_available
 from ..errors import DataError
 from ..fileformat import Split
-from .base import BaseLoader, LoaderConfig
+from .base import BaseLoader, LoaderConfig, to_device
 
 AUGMENT_ON = ("auto", "cpu", "device")
 FFCV_MISSING = ("the ffcv backend needs FFCV, which is not importable here: apt-get install pkg-config "
@@ -104,9 +104,7 @@ class FfcvLoader(BaseLoader):
         check_beton(path, self.split)
 
         import numba
-        from ffcv.fields.decoders import IntDecoder
         from ffcv.loader import Loader
-        from ffcv.transforms import ToTensor
 
         from . import ffcv_ops
 
@@ -119,8 +117,7 @@ class FfcvLoader(BaseLoader):
         self._ffcv = Loader(
             str(path), batch_size=cfg.batch_size, num_workers=self.threads, os_cache=True,
             order=ffcv_ops.EpochOrder(self.order), indices=self.positions, seed=cfg.seed,
-            pipelines={"image": self._image_pipeline(),
-                       "label": [IntDecoder(), ffcv_ops.LabelWithIndex(), ToTensor()]},
+            pipelines={"image": self._image_pipeline(), "label": None},
             drop_last=cfg.drop_last,
         )
 
@@ -143,10 +140,9 @@ class FfcvLoader(BaseLoader):
         else:
             pipeline.append(NormalizeImage(np.asarray(stats.mean, np.float64), np.asarray(stats.std, np.float64),
                                            np.float32))
-        pipeline.append(ToTensor())
         if c.device.type != "cpu":
-            pipeline.append(ToDevice(c.device, non_blocking=True))
-        return pipeline
+            pipeline += [ToTensor(), ToDevice(c.device, non_blocking=True)]
+        return pipeline  # for the CPU, FFCV's own NumPy buffer: _finish copies out of it
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         c = self.cfg
@@ -155,39 +151,40 @@ class FfcvLoader(BaseLoader):
         self._ffcv.next_epoch = self.epoch  # FFCV asks its traversal order for this epoch
         epoch_iter = self._live = iter(self._ffcv)
         try:
-            for images, packed in epoch_iter:
-                packed = packed.clone()  # ours, before FFCV reuses the buffer
-                index = packed[:, 1].contiguous()
-                labels = packed[:, 0].contiguous().to(c.device)
-                yield self._emit(self._finish(images, index), labels, index.to(c.device))
+            # FFCV visits the order in sequence, so batch k holds this epoch's positions k * batch_size ...
+            for k, (images,) in enumerate(epoch_iter):
+                yield self._emit(self._finish(images, k), k)
         finally:
             self._stop(epoch_iter)
 
-    def _finish(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """FFCV's NHWC output -> a fresh NCHW tensor of the requested dtype and layout."""
+    def _finish(self, images, k: int) -> torch.Tensor:
+        """FFCV's NHWC output (a NumPy buffer on the CPU path, else a torch tensor) -> a fresh NCHW tensor of
+        the requested dtype and layout."""
         c = self.cfg
-        x = images.permute(0, 3, 1, 2)
-        if not self.on_device:
-            if c.dtype == torch.float32 and images.device.type == "cpu":
+        if isinstance(images, np.ndarray):
+            if c.dtype == torch.float32:
                 # a single-threaded NumPy copy: a torch copy would wake torch's thread pool on every batch,
                 # competing for the cores with FFCV's numba threads (several times slower on 2 cores)
-                a = images.numpy()
                 if c.channels_last:
-                    return torch.from_numpy(a.copy()).permute(0, 3, 1, 2)
-                return torch.from_numpy(a.transpose(0, 3, 1, 2).copy(order="C"))
+                    return torch.from_numpy(images.copy()).permute(0, 3, 1, 2)
+                return torch.from_numpy(images.transpose(0, 3, 1, 2).copy(order="C"))
+            images = torch.from_numpy(images)
+        x = images.permute(0, 3, 1, 2)
+        if not self.on_device:
             fmt = torch.channels_last if c.channels_last else torch.contiguous_format
             return x.to(dtype=c.dtype, memory_format=fmt, copy=True)
-        alpha = self._alphas(index.numpy()) if c.jitter else None
+        alpha = self._alphas(k) if c.jitter else None
         return to_layout(jitter_normalise(x, alpha, self.norm), c.dtype, c.channels_last)
 
-    def _alphas(self, index: np.ndarray) -> torch.Tensor:
-        """The batch's alphas for the device tail: exactly what PCAJitterNormalise would use."""
+    def _alphas(self, k: int) -> torch.Tensor:
+        """Batch k's alphas for the device tail: exactly what PCAJitterNormalise would use, sent asynchronously."""
         c = self.cfg
+        index = self.order()[k * c.batch_size:(k + 1) * c.batch_size]
         if c.params is not None:
             a = np.asarray(c.params.alpha, np.float32)[index]
         else:
             a = self._ops.hashrng.sample_params(self.key.value, index, c.pca_sigma)[3]
-        return torch.from_numpy(np.ascontiguousarray(a)).to(c.device)
+        return to_device(torch.from_numpy(np.ascontiguousarray(a)), c.device)
 
     def _stop(self, epoch_iter) -> None:
         """Close an FFCV epoch iterator and wait for its thread: its batches are no longer wanted, and the

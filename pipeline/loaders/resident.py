@@ -20,19 +20,21 @@ from .base import BaseLoader, LoaderConfig, mix_seed
 class ResidentLoader(BaseLoader):
     backend = "resident"
 
-    def __init__(self, cfg: LoaderConfig, split: Optional[Split] = None, compile: bool = False):
+    def __init__(self, cfg: LoaderConfig, split: Optional[Split] = None, compile: bool = False,
+                 compile_mode: Optional[str] = None):
         super().__init__(cfg, split)
         dev = cfg.device
         # one transfer, then a device-side rearrangement into planes (padded + mirrored for training)
         images = self.split.images.to(dev)
         self.source = prepare_source(images) if cfg.augment else images.permute(0, 3, 1, 2).contiguous()
         del images
-        self.labels = self.split.labels.to(dev)
         self.norm = Normaliser(self.split.meta.stats, cfg.pca, dev)
         self.explicit = cfg.params
         self._explicit_table: Optional[BatchParams] = None
-        # the plain batched path is the reference; torch.compile fuses it into one kernel where that pays
-        self._augment = torch.compile(augment, dynamic=False) if compile else augment
+        # the plain batched path is the reference; torch.compile fuses it into a few kernels where that pays
+        # (static shapes: every training batch has the same size; "reduce-overhead" also captures CUDA graphs)
+        mode = None if compile_mode in (None, "default") else compile_mode
+        self._augment = torch.compile(augment, dynamic=False, mode=mode) if compile else augment
 
     def epoch_params(self) -> BatchParams:
         """Parameters for every image of the split this epoch, drawn at once on the device.
@@ -52,10 +54,8 @@ class ResidentLoader(BaseLoader):
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         c = self.cfg
-        order = torch.as_tensor(self.order(), device=c.device)
         table = self.epoch_params() if c.augment else None
-        for start in range(0, len(self) * c.batch_size, c.batch_size):
-            idx = order[start:start + c.batch_size]
-            p = table.take(idx) if table is not None else None
-            x = self._augment(self.source, idx, p, self.norm, c.dtype, c.channels_last, c.jitter)
-            yield self._emit(x, self.labels[idx], idx)
+        for k in range(len(self)):
+            x = self._augment(self.source, self.batch_index(k), table, self.norm, c.dtype, c.channels_last,
+                              c.jitter)
+            yield self._emit(x, k)

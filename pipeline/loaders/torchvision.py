@@ -43,11 +43,10 @@ class PCAJitter(torch.nn.Module):
 
 
 class CifarImages(Dataset):
-    """Items are `(position, epoch)`; returns (CHW float32 normalised, label, position)."""
+    """Items are `(position, epoch)`; returns the CHW float32 normalised image (labels come from the order)."""
 
     def __init__(self, split: Split, cfg: LoaderConfig):
         self.images = split.images.numpy()  # memory map, shared by forked workers
-        self.labels = split.labels.numpy()
         stats = split.meta.stats
         self.normalize = T.Normalize([m / 255 for m in stats.mean], [s / 255 for s in stats.std])
         self.jitter = PCAJitter(pca_matrix(stats, cfg.pca), cfg.pca_sigma) if cfg.jitter else None
@@ -55,7 +54,7 @@ class CifarImages(Dataset):
         self.augment, self.seed, self.params = cfg.augment, cfg.seed, cfg.params
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.images)
 
     def __getitem__(self, item: tuple[int, int]):
         pos, epoch = item
@@ -69,7 +68,7 @@ class CifarImages(Dataset):
                 x = self._explicit(img, self.params.take(np.array([pos])))
         else:
             x = TF.to_tensor(img)
-        return self.normalize(x), int(self.labels[pos]), pos
+        return self.normalize(x)
 
     def _explicit(self, img: Image.Image, p: AugParams) -> torch.Tensor:
         img = TF.crop(TF.pad(img, PAD), int(p.dy[0]), int(p.dx[0]), 32, 32)
@@ -107,7 +106,9 @@ class TorchvisionLoader(BaseLoader):
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         c = self.cfg
-        for x, y, pos in self.dl:
+        # batches come in the sampler's order (the DataLoader keeps it, whatever worker made each), so batch k
+        # holds this epoch's positions k * batch_size ...; on CUDA they arrive pinned: the copy does not block
+        for k, x in enumerate(self.dl):
             x = x.to(c.device, non_blocking=True).to(c.dtype)
             x = x.contiguous(memory_format=torch.channels_last) if c.channels_last else x
-            yield self._emit(x, y.to(c.device, non_blocking=True), pos.to(c.device))
+            yield self._emit(x, k)
