@@ -1,6 +1,6 @@
 # A newcomer's two commands:
 #   make run    set everything up, convert CIFAR-10, train the write-up's recipe
-#   make test   set everything up, run the test suite
+#   make test   set everything up, run the test suite (make test-fast: without the tests marked slow)
 # Variables: CIFAR10=path/to/cifar-10-python.tar.gz (else the official download),
 #            DATA=data/cifar10, RUN=runs/blog, ARGS="extra alexpipe train options"
 
@@ -13,7 +13,7 @@ ARGS ?=
 BIN := $(VENV)/bin
 APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev
 
-.PHONY: setup system run convert train test bench gpu-check clean
+.PHONY: setup system run convert train test test-fast bench gpu-check clean
 
 setup: system $(BIN)/alexpipe
 
@@ -29,6 +29,7 @@ system:
 $(BIN)/alexpipe: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q 'torch==2.14.1' 'torchvision==0.29.1'  # the versions this project is tested with
 	$(BIN)/pip install -q -e '.[all]'
 	@touch $@
 
@@ -44,6 +45,10 @@ run: train
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The edit-test loop: everything not marked slow (no real data, compiled loaders, training runs, subprocesses).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: convert
 	$(BIN)/alexpipe bench all --data $(DATA) --out bench/results/$$(hostname)

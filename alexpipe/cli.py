@@ -14,6 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain text: "[default: ...]" must print as written
 )
 alexpipe.pipeline.cli.register(app)
 alexpipe.train.cli.register(app)

@@ -8,9 +8,10 @@ import json
 import os
 import platform
 import socket
-import subprocess
 from pathlib import Path
 from typing import Any
+
+from alexpipe.provenance import git_commit
 
 SCHEMA_ID = "alexpipe-bench/1"
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
@@ -37,15 +38,11 @@ def environment() -> dict[str, Any]:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.TimeoutExpired):
-        commit = None
+    commit = git_commit()
     return {
         "hostname": socket.gethostname(), "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu": _cpu_model(), "cpu_cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
-        "platform": platform.platform(), "git_commit": commit,
+        "platform": platform.platform(), "git_commit": None if commit == "unknown" else commit,
         "versions": {d: _version(d) for d in ("torch", "torchvision", "nvidia-dali-cuda130", "ffcv", "numba",
                                               "numpy", "alexpipe")},
     }
@@ -137,10 +134,7 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def chart(doc: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from alexpipe.train.plot import plt, save_figure  # plot selects matplotlib's file-only backend
 
     ok = [r for r in doc["results"] if r["status"] == "ok" and r["kind"] != "overhead"]
     if not ok:
@@ -167,12 +161,12 @@ def chart(doc: dict[str, Any], path: Path) -> None:
     env = doc["environment"]
     ax.set_title(f"alexpipe bench — {env['cpu']}{' + ' + env['gpu'] if env['gpu'] else ''}", fontsize=10)
     ax.set_xlim(right=max(med) * 30)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _overhead_chart(ok: list[dict[str, Any]], doc: dict[str, Any], path: Path) -> None:
     """Bars of host microseconds per step, annotated with aten operations per step."""
-    import matplotlib.pyplot as plt
+    from alexpipe.train.plot import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(9, 0.5 * max(len(ok), 1) + 1.5))
     names = [r["id"] for r in ok]
@@ -188,17 +182,7 @@ def _overhead_chart(ok: list[dict[str, Any]], doc: dict[str, Any], path: Path) -
     ax.set_title(f"alexpipe bench overhead — {env['cpu']}{' + ' + env['gpu'] if env['gpu'] else ''}", fontsize=10)
     if med:
         ax.set_xlim(right=max(med) * 1.4)
-    _save(fig, path)
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def write_all(doc: dict[str, Any], out: Path, stem: str = "bench") -> list[Path]:

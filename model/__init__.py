@@ -1,21 +1,19 @@
-"""The networks, selectable by name. Nothing here knows about data or training."""
+"""The networks, selectable by name. Nothing here knows about data or training.
+
+The names are plain constants; the networks (and torch) are imported on first
+use (PEP 562), so the command line can list the choices without loading torch.
+"""
 
 from __future__ import annotations
 
-from torch import nn
+from alexpipe.lazy import lazy_exports
 
-from .alexnet import AlexNet, AlexNetCIFAR
-from .init import INIT_SCHEMES, init_weights
+MODEL_NAMES = ("alexnet_cifar", "alexnet")  # build.MODELS maps each to its class
+INIT_SCHEMES = ("default", "kaiming", "paper")  # init.py says what each is
 
-MODELS = {"alexnet_cifar": AlexNetCIFAR, "alexnet": AlexNet}
+_EXPORTS = {"AlexNet": ".alexnet", "AlexNetCIFAR": ".alexnet", "build_model": ".build", "init_weights": ".init"}
 
-
-def build_model(name: str = "alexnet_cifar", num_classes: int = 10, init: str = "default",
-                dropout: float = 0.5) -> nn.Module:
-    """A freshly initialised network. Seed torch's RNG first for reproducible weights."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return init_weights(MODELS[name](num_classes=num_classes, dropout=dropout), init)
+__all__ = ["INIT_SCHEMES", "MODEL_NAMES", *_EXPORTS]
 
 
-__all__ = ["AlexNet", "AlexNetCIFAR", "INIT_SCHEMES", "MODELS", "build_model", "init_weights"]
+__getattr__ = lazy_exports(__name__, _EXPORTS)

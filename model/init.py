@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from torch import nn
 
-INIT_SCHEMES = ("default", "kaiming", "paper")
+from . import INIT_SCHEMES
+
 _LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2", "fc3")
 _PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc1", "fc2")
 

@@ -11,8 +11,7 @@ sub-module such as `alexpipe.pipeline.cli` does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from alexpipe.lazy import lazy_exports
 
 _EXPORTS = {
     "BACKENDS": ".loaders",
@@ -28,13 +27,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__ = lazy_exports(__name__, _EXPORTS)

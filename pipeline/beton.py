@@ -27,8 +27,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-FFCV_HINT = ("FFCV is not installed, so no .beton files were written (the ffcv backend needs them): "
-             "apt-get install pkg-config libopencv-dev libturbojpeg0-dev && pip install 'alexpipe[ffcv]', "
+FFCV_INSTALL = "apt-get install pkg-config libopencv-dev libturbojpeg0-dev && pip install 'alexpipe[ffcv]'"
+FFCV_HINT = (f"FFCV is not installed, so no .beton files were written (the ffcv backend needs them): {FFCV_INSTALL}, "
              "then run convert again")
 PAGE_SIZE = 8 << 20  # FFCV's default (4 x its 2 MiB minimum)
 

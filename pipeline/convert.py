@@ -40,6 +40,7 @@ from .fileformat import FORMAT_NAME, FORMAT_VERSION, SplitMeta, content_digest, 
 from .hashing import file_hexdigests
 from .integrity import MANIFEST
 from .safeio import ordinary_mode, read_limited
+from .sampling import ShortClass, balanced_choice
 from .sources import NUM_CLASSES, RawCifar, read_cifar10
 from .stats import ChannelStats, compute_stats
 
@@ -69,18 +70,14 @@ def carve_val(labels: np.ndarray, val_size: int, seed: int,
     if seed < 0:
         raise DataError(f"--seed must be a non-negative integer, got {seed}")
     per_class = val_size // num_classes
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for c in range(num_classes):
-        idx = np.flatnonzero(labels == c)
-        if per_class >= len(idx):
-            raise DataError(f"--val-size {val_size} needs {per_class} images of class {c} "
-                            f"but the train set has only {len(idx)} (some must remain for training)")
-        chosen.append(rng.choice(idx, size=per_class, replace=False))
-    val = np.sort(np.concatenate(chosen)) if chosen else np.empty(0, np.int64)
+    try:
+        val = balanced_choice(labels, per_class, np.random.default_rng(seed), num_classes, leave=1)
+    except ShortClass as short:
+        raise DataError(f"--val-size {val_size} needs {per_class} images of class {short.label} "
+                        f"but the train set has only {short.available} (some must remain for training)") from None
     mask = np.ones(len(labels), bool)
     mask[val] = False
-    return np.flatnonzero(mask), val.astype(np.int64)
+    return np.flatnonzero(mask), val
 
 
 @dataclass

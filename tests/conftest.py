@@ -1,10 +1,20 @@
-"""Shared fixtures: synthetic CIFAR-format sources the tests build, and the real data when present."""
+"""Shared fixtures: synthetic CIFAR-format sources the tests build, the real data when present, the markers.
+
+Markers (pyproject.toml) say what a test needs; a test whose need is missing
+here is skipped, saying which (`pytest_runtest_setup`, the one place tests are
+skipped): `cuda`, `dali`, `ffcv`, `nvcc`, `real_data`. `slow` marks what
+`make test-fast` leaves out. Tests that use the `real_data` fixture, or run
+the dali or ffcv backend (a `backend` parameter), get those markers, and
+`slow`, without saying so.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import pickle
 import tarfile
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +23,77 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 REAL_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+BACKENDS = ["resident", "torchvision", "dali", "ffcv"]
 
-needs_real_data = pytest.mark.skipif(
-    not REAL_ARCHIVE.exists(), reason=f"real CIFAR-10 not present at {REAL_ARCHIVE} (../shared/data)"
-)
+
+@cache
+def _missing(need: str) -> str | None:
+    """Why this machine cannot run tests marked `need` (None: it can)."""
+    if need == "cuda":
+        import torch
+
+        return None if torch.cuda.is_available() else "needs a CUDA GPU (none here)"
+    if need == "dali":
+        found = importlib.util.find_spec("nvidia") and importlib.util.find_spec("nvidia.dali")
+        return None if found else "needs NVIDIA DALI (pip install 'alexpipe[dali]')"
+    if need == "ffcv":
+        return None if importlib.util.find_spec("ffcv") else "needs FFCV (see the README's install line)"
+    if need == "nvcc":
+        from alexpipe.pipeline.loaders.dali_build import find_cuda_home
+
+        return None if find_cuda_home() else "needs nvcc (a CUDA toolkit; set CUDA_HOME) to compile CUDA code"
+    if need == "real_data":
+        return None if REAL_ARCHIVE.exists() else f"needs the real CIFAR-10 at {REAL_ARCHIVE} (../shared/data)"
+    return None
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        needs = {"real_data"} if "real_data" in getattr(item, "fixturenames", ()) else set()
+        backend = getattr(item, "callspec", None) and item.callspec.params.get("backend")
+        if backend in ("dali", "ffcv"):
+            needs.add(backend)
+        for need in needs:
+            item.add_marker(need)
+        if any(item.get_closest_marker(m) for m in ("real_data", "dali", "ffcv", "cuda")):
+            item.add_marker("slow")
+
+
+def pytest_runtest_setup(item) -> None:
+    for need in ("cuda", "dali", "ffcv", "nvcc", "real_data"):
+        if item.get_closest_marker(need) and _missing(need):
+            pytest.skip(_missing(need))
+
+
+def assert_matches_reference(x, split, positions, params, variant: str, atol: float = 1e-4,
+                             rtol: float = 0.0) -> None:
+    """`x` (a batch, any device and dtype) is the reference augmentation of `split`'s images at `positions`
+    with `params` (the whole split's table; None: eval, normalisation only), to `atol`."""
+    import torch
+
+    from alexpipe.pipeline.augment.reference import augment_batch_reference, normalise_image
+
+    positions = np.asarray(positions)
+    images = split.images[torch.as_tensor(positions)].numpy()
+    if params is None:
+        ref = np.stack([normalise_image(img, split.meta.stats) for img in images])
+    else:
+        p = params.take(positions)
+        ref = augment_batch_reference(images, p.dx, p.dy, p.flip, p.alpha, split.meta.stats, variant)
+    assert tuple(x.shape) == ref.shape
+    np.testing.assert_allclose(x.float().cpu().numpy(), ref, rtol=rtol, atol=atol)
+
+
+def batches_with_positions(loader, limit: int | None = None) -> list[tuple]:
+    """(images, labels, split positions) of the loader's current epoch, on the CPU; positions from its order."""
+    b = loader.cfg.batch_size
+    order = loader.order()
+    out = []
+    for k, (x, y) in enumerate(loader):
+        if limit is not None and k >= limit:
+            break
+        out.append((x.cpu(), y.cpu(), order[k * b:(k + 1) * b]))
+    return out
 
 
 def synthetic_batches(per_batch: int = 60, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -108,17 +185,14 @@ def synthetic_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def real_data(tmp_path_factory) -> Path:
-    """The real CIFAR-10 from ../shared/data, converted once per test session (with .beton files if FFCV is here)."""
-    if not REAL_ARCHIVE.exists():
-        pytest.skip(f"real CIFAR-10 not present at {REAL_ARCHIVE} (../shared/data)")
+    """The real CIFAR-10 from ../shared/data, converted once per test session (with .beton files if FFCV is here).
+    Tests using it are marked real_data (skipped where the archive is absent) and slow."""
     from alexpipe.pipeline.convert import convert
 
     out = tmp_path_factory.mktemp("real") / "cifar10"
     convert(REAL_ARCHIVE, out)
     return out
 
-
-needs_cuda = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (none here)")
 
 # Statistics of the real train split (rounded): a well-conditioned PCA for synthetic files.
 REALISTIC_STATS = dict(
@@ -138,7 +212,7 @@ def marker_image() -> np.ndarray:
 def write_dataset(out: Path, images: np.ndarray, labels: np.ndarray, split: str = "train",
                   betons: bool = True) -> Path:
     """A converted folder holding one split of the given images, with REALISTIC_STATS in its metadata."""
-    from alexpipe.pipeline.beton import beton_path, ffcv_available, write_beton
+    from alexpipe.pipeline.beton import beton_path, ffcv_installed, write_beton
     from alexpipe.pipeline.fileformat import FORMAT_VERSION, SplitMeta, content_digest, split_path, write_split
     from alexpipe.pipeline.stats import ChannelStats
 
@@ -150,7 +224,7 @@ def write_dataset(out: Path, images: np.ndarray, labels: np.ndarray, split: str 
                                                         "md5_official": None},
                      format_version=FORMAT_VERSION, created_utc="2026-01-01T00:00:00+00:00")
     write_split(split_path(out, split), images, labels, np.arange(len(labels)), meta)
-    if betons and ffcv_available():
+    if betons and ffcv_installed():
         write_beton(beton_path(out, split), images, labels)
     return out
 

@@ -19,6 +19,7 @@ def _doc(outcomes, baseline="slow"):
     return report.document(harness.summarise(outcomes, baseline_backend=baseline), settings)
 
 
+@pytest.mark.slow
 def test_fake_loaders_of_known_speed_order_and_ratio(tmp_path):
     configs = [harness.Config(kind="fake", backend="slow", batch_size=64, rate=1500.0),
                harness.Config(kind="fake", backend="fast", batch_size=64, rate=6000.0),
@@ -73,6 +74,7 @@ def test_both_layouts_are_paired_with_their_own_baseline_and_ceiling():
     assert nhwc["ratio"]["median"] == pytest.approx(6.0) and nhwc["of_ceiling"]["median"] == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_real_backends_loader_train_and_ceiling(small_data, tmp_path):
     common = dict(batch_size=32, workers=0, dtype="fp32", data=str(small_data))
     configs = [harness.Config(kind="loader", backend="torchvision", **common),
@@ -102,4 +104,4 @@ def test_cli_refuses_unconverted_data(tmp_path):
     res = CliRunner().invoke(app, ["bench", "loaders", "--data", str(tmp_path)])
     assert res.exit_code == 1 and "alexpipe convert" in res.output
     res = CliRunner().invoke(app, ["bench", "nonsense", "--data", str(tmp_path)])
-    assert res.exit_code != 0
+    assert res.exit_code == 2 and "'nonsense' is not one of 'loaders', 'train', 'overhead', 'all'" in res.output

@@ -17,7 +17,7 @@ from alexpipe.pipeline.convert import carve_val, convert
 from alexpipe.pipeline.fileformat import split_path
 from alexpipe.pipeline.hashing import file_hexdigests
 
-from conftest import CLASSES, make_source, needs_real_data, source_files, write_archive, REAL_ARCHIVE
+from conftest import CLASSES, make_source, source_files, write_archive, REAL_ARCHIVE
 
 runner = CliRunner()
 
@@ -70,7 +70,7 @@ def test_all_four_forms_write_identical_data(tmp_path, synthetic):
             assert np.array_equal(got.images.numpy(), ref.images.numpy())
             assert np.array_equal(got.labels.numpy(), ref.labels.numpy())
             assert got.meta.stats == ref.meta.stats and got.meta.content_sha256 == ref.meta.content_sha256
-            assert got.meta.source["sha256"] != ref.meta.source["sha256"] or out == outputs[0]
+            assert got.meta.source["sha256"] != ref.meta.source["sha256"]  # only the source's identity differs
 
 
 class _Evil:
@@ -270,7 +270,7 @@ def test_info_reports_and_detects_corruption(tmp_path, synthetic):
     assert run("info", tmp_path / "nowhere").exit_code == 1
 
 
-@needs_real_data
+@pytest.mark.real_data
 def test_real_data_counts_and_stats(real_data):
     tr, va, te = (load_split(real_data, s) for s in ("train", "val", "test"))
     assert (len(tr), len(va), len(te)) == (40_000, 10_000, 10_000)
@@ -278,7 +278,9 @@ def test_real_data_counts_and_stats(real_data):
     assert te.meta.class_counts == (1000,) * 10
     assert te.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
     assert tr.meta.source["sha256"] == file_hexdigests(REAL_ARCHIVE, "sha256")[0]
-    assert tr.meta.source["md5_official"] is False  # this copy went through JPEG (see its README)
+    md5 = file_hexdigests(REAL_ARCHIVE, "md5")[0]  # ../shared/data's copy went through JPEG (its README): not
+    assert tr.meta.source["md5"] == md5  # the official md5, which a user's genuine archive would have
+    assert tr.meta.source["md5_official"] is (md5 == "c58f30108f718f92721af3b95e74349a")
     px = tr.images.numpy().reshape(-1, 3).astype(np.float64)
     np.testing.assert_allclose(tr.meta.stats.mean, px.mean(0), rtol=1e-9)
     np.testing.assert_allclose(tr.meta.stats.std, px.std(0), rtol=1e-9)

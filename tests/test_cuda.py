@@ -20,16 +20,16 @@ import pytest
 import torch
 
 from alexpipe.pipeline import load_split, make_loader
-from alexpipe.pipeline.augment import AugParams
-from alexpipe.pipeline.augment.reference import augment_batch_reference
+from alexpipe.pipeline.augment import AugParams, FixedParams
 from alexpipe.train import checkpoint, distributed, loop
-from alexpipe.train.loop import RunOptions, fit
+from alexpipe.train.run import RunOptions, fit
 from alexpipe.train.metrics import read_jsonl
 from alexpipe.train.recipes import get_recipe
 
+from conftest import BACKENDS, assert_matches_reference, batches_with_positions
 from host_waits import HostWaits, SteadyState
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
+pytestmark = [pytest.mark.cuda, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = dict(lr=0.05, batch_size=64, epochs=2)
 
@@ -45,20 +45,15 @@ def test_resident_loader_on_cuda_equals_the_reference(synthetic_data, variant, d
     split = load_split(synthetic_data, "train")
     params = AugParams.random(len(split), 0.5, np.random.default_rng(4))  # sigma 0.5: the clamp matters
     loader = make_loader(synthetic_data, "train", "resident", device="cuda", batch_size=100, pca=variant,
-                         params=params, with_index=True, dtype=dtype, channels_last=True)
-    checked = 0
-    for x, y, idx in loader:
-        assert x.device.type == "cuda" and x.dtype == dtype and x.is_contiguous(memory_format=torch.channels_last)
-        idx = idx.cpu().numpy()
-        p = params.take(idx)
-        ref = augment_batch_reference(split.images[idx].numpy(), p.dx, p.dy, p.flip, p.alpha, split.meta.stats,
-                                      variant)
-        atol = 1e-4 if dtype == torch.float32 else 2e-2  # bf16 keeps 8 bits of mantissa
-        np.testing.assert_allclose(x.float().cpu().numpy(), ref, rtol=0 if dtype == torch.float32 else 1e-2,
-                                   atol=atol)
-        assert torch.equal(y.cpu(), split.labels[idx])
-        checked += len(idx)
-    assert checked == len(loader) * 100
+                         param_source=FixedParams(params), dtype=dtype, channels_last=True)
+    x, y = next(iter(loader))
+    assert x.device.type == "cuda" and x.dtype == dtype and x.is_contiguous(memory_format=torch.channels_last)
+    assert y.device.type == "cuda"
+    exact = dtype == torch.float32
+    for x, y, positions in batches_with_positions(loader):  # bf16 keeps 8 bits of mantissa
+        assert_matches_reference(x, split, positions, params, variant, atol=1e-4 if exact else 2e-2,
+                                 rtol=0 if exact else 1e-2)
+        assert torch.equal(y, split.labels[positions])
 
 
 @pytest.mark.parametrize("amp,compile_mode", [("fp16", None), ("bf16", None), ("bf16", "default"),
@@ -90,13 +85,9 @@ def test_a_checkpoint_resumes_on_the_other_device(small_data, tmp_path, first, s
     assert all(torch.isfinite(s["momentum_buffer"]).all() for s in ckpt["optimizer"]["state"].values())
 
 
-@pytest.mark.parametrize("backend", ["resident", "torchvision", "dali", "ffcv"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_steady_state_cuda_steps_never_synchronise(synthetic_data, backend):
     """torch's sync debug mode raises on any synchronising CUDA call inside the steady-state window."""
-    if backend == "dali":
-        pytest.importorskip("nvidia.dali", reason="DALI is not installed")
-    if backend == "ffcv":
-        pytest.importorskip("ffcv", reason="FFCV is not installed")
     device = torch.device("cuda")
     recipe = get_recipe("blog")
     torch.manual_seed(0)
@@ -117,8 +108,9 @@ def test_steady_state_cuda_steps_never_synchronise(synthetic_data, backend):
     assert counter.seen == [], counter.seen
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_two_gpus_over_nccl_stay_in_sync(small_data, tmp_path):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "alexpipe",
            "train", "--data", str(small_data), "--out", str(tmp_path / "ddp"), "--epochs", "1", "--batch-size", "64",
            "--lr", "0.05", "--device", "cuda"]

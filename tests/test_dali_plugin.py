@@ -17,36 +17,28 @@ import pytest
 import torch
 
 from alexpipe.pipeline import load_split, make_loader
-from alexpipe.pipeline.augment import AugParams, pca_matrix
-from alexpipe.pipeline.augment.reference import augment_batch_reference
+from alexpipe.pipeline.augment import AugParams, FixedParams, pca_matrix
 from alexpipe.pipeline.loaders import dali_build
-from alexpipe.pipeline.loaders.base import LoaderConfig
-from alexpipe.pipeline.loaders.dali import DaliLoader
 
-from conftest import needs_cuda
+from conftest import assert_matches_reference, batches_with_positions
 
-
-def explicit_batches(loader, params, split, variant, limit=2):
-    """(got, reference) pairs for the first `limit` batches of a loader driven by explicit params."""
-    out = []
-    for k, (x, y, idx) in enumerate(loader):
-        if k >= limit:
-            break
-        idx = idx.cpu().numpy()
-        p = params.take(idx)
-        ref = augment_batch_reference(split.images[idx].numpy(), p.dx, p.dy, p.flip, p.alpha, split.meta.stats,
-                                      variant)
-        assert torch.equal(y.cpu(), split.labels[idx])
-        out.append((x.float().cpu().numpy(), ref))
-    assert len(out) == limit
-    return out
+pytestmark = [pytest.mark.dali, pytest.mark.slow]
 
 
-def explicit_loader(root, variant, device="cpu", indices=np.arange(1000), **extra):
+def check_against_reference(loader, params, split, variant, limit=2):
+    """The first `limit` batches of a loader given `params` equal the reference (images and labels)."""
+    got = batches_with_positions(loader, limit=limit)
+    assert len(got) == limit
+    for x, y, positions in got:
+        assert_matches_reference(x, split, positions, params, variant)
+        assert torch.equal(y, split.labels[positions])
+
+
+def given_params_loader(root, variant, device="cpu", indices=np.arange(1000), **extra):
     split = load_split(root, "train")
     params = AugParams.random(len(split), 0.5, np.random.default_rng(7))  # sigma 0.5: the clamp matters
-    loader = make_loader(root, "train", "dali", device=device, batch_size=64, pca=variant, params=params,
-                         with_index=True, indices=indices, seed=1, **extra)
+    loader = make_loader(root, "train", "dali", device=device, batch_size=64, pca=variant,
+                         param_source=FixedParams(params), indices=indices, seed=1, **extra)
     return loader, params, split
 
 
@@ -86,10 +78,9 @@ def test_cpu_operator_alone_matches_numpy(real_data, variant):
 
 @pytest.mark.parametrize("variant", ["blog", "paper"])
 def test_loader_with_plugin_matches_reference(real_data, variant):
-    loader, params, split = explicit_loader(real_data, variant)
+    loader, params, split = given_params_loader(real_data, variant)
     assert loader.uses_plugin, loader.fallback_reason
-    for got, ref in explicit_batches(loader, params, split, variant):
-        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)
+    check_against_reference(loader, params, split, variant)
 
 
 def test_operator_rejects_bad_inputs():
@@ -112,11 +103,7 @@ def test_operator_rejects_bad_inputs():
 
 # --- (2) the CUDA side ---
 
-needs_nvcc = pytest.mark.skipif(dali_build.find_cuda_home() is None,
-                                reason="needs nvcc (a CUDA toolkit; set CUDA_HOME) to compile the CUDA kernel")
-
-
-@needs_nvcc
+@pytest.mark.nvcc
 def test_cuda_source_compiles_with_nvcc(tmp_path):
     cuda = dali_build.find_cuda_home()
     obj = tmp_path / "pca_jitter_cu.o"
@@ -128,7 +115,7 @@ def test_cuda_source_compiles_with_nvcc(tmp_path):
     assert b"PcaJitterKernel" in obj.read_bytes()
 
 
-@needs_nvcc
+@pytest.mark.nvcc
 def test_default_build_registers_the_gpu_operator_too():
     """With nvcc present, one library carries both kernels; loading it on a CPU-only machine is harmless."""
     from nvidia.dali import backend
@@ -139,14 +126,13 @@ def test_default_build_registers_the_gpu_operator_too():
     assert dali_build.OP_NAME in backend.RegisteredGPUOps()
 
 
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("use_plugin", [True, False])
 def test_gpu_pipeline_matches_reference(synthetic_data, use_plugin):
-    loader, params, split = explicit_loader(synthetic_data, "blog", device="cuda", use_plugin=use_plugin,
-                                            indices=np.arange(640))
+    loader, params, split = given_params_loader(synthetic_data, "blog", device="cuda", use_plugin=use_plugin,
+                                                indices=np.arange(640))
     assert loader.uses_plugin == use_plugin, loader.fallback_reason
-    for got, ref in explicit_batches(loader, params, split, "blog"):
-        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)
+    check_against_reference(loader, params, split, "blog")
 
 
 # --- (3) a missing or incompatible plugin falls back cleanly ---
@@ -158,9 +144,9 @@ def fallback_warnings(record) -> list[str]:
 def dali_loader(root, variant, plugin_path):
     split = load_split(root, "train")
     params = AugParams.random(len(split), 0.5, np.random.default_rng(3))
-    cfg = LoaderConfig(root=root, split="train", batch_size=64, pca=variant, params=params, with_index=True,
-                       indices=np.arange(500), seed=2)
-    return DaliLoader(cfg, plugin_path=plugin_path), params, split
+    loader = make_loader(root, "train", "dali", batch_size=64, pca=variant, param_source=FixedParams(params),
+                         indices=np.arange(500), seed=2, plugin_path=plugin_path)
+    return loader, params, split
 
 
 @pytest.mark.parametrize("kind", ["corrupt", "missing", "second-library"])
@@ -181,8 +167,7 @@ def test_unusable_plugin_falls_back_warns_once_and_matches(real_data, tmp_path, 
     said = fallback_warnings(record)
     assert len(said) == 1 and str(bogus) in said[0]
     assert not first.uses_plugin and not second.uses_plugin and str(bogus) in first.fallback_reason
-    for got, ref in explicit_batches(first, params, split, "paper"):
-        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)
+    check_against_reference(first, params, split, "paper")
 
 
 def test_environment_variable_selects_the_library(real_data, tmp_path, monkeypatch):
@@ -202,15 +187,14 @@ def test_environment_variable_selects_the_library(real_data, tmp_path, monkeypat
 def test_builtin_fallback_matches_reference(real_data, variant):
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        loader, params, split = explicit_loader(real_data, variant, use_plugin=False)
+        loader, params, split = given_params_loader(real_data, variant, use_plugin=False)
     assert not fallback_warnings(record)  # a choice, not a failure: nothing to warn about
     assert not loader.uses_plugin and loader.fallback_reason == "use_plugin=False"
-    for got, ref in explicit_batches(loader, params, split, variant):
-        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)
+    check_against_reference(loader, params, split, variant)
 
 
-def test_plugin_and_builtin_agree_under_dali_randomness(real_data):
-    """Same seed, same draws from fn.random.*: the two jitter implementations give the same batches."""
+def test_plugin_and_builtin_agree_on_training_draws(real_data):
+    """Same seed and epoch, same parameters: the two jitter implementations give the same batches."""
     def first_batches(use_plugin):
         loader = make_loader(real_data, "train", "dali", batch_size=128, indices=np.arange(512), seed=9,
                              use_plugin=use_plugin, pca_sigma=0.5)

@@ -10,32 +10,36 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytestmark = pytest.mark.slow
 import torch
 
 from alexpipe.train import checkpoint
-from alexpipe.train.loop import balanced_subset
+from alexpipe.train.run import _subset
 from alexpipe.train.metrics import read_jsonl
 from alexpipe.pipeline import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def torchrun(nproc: int, *args) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, *args, probe: Path | None = None) -> subprocess.CompletedProcess:
+    """`alexpipe train` under torchrun; with `probe`, through tests/ddp_probe.py, which logs each rank's batches."""
+    program = [str(ROOT / "tests" / "ddp_probe.py")] if probe else ["-m", "alexpipe"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           "-m", "alexpipe", "train", *map(str, args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+           *program, "train", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"PROBE_LOG": str(probe)} if probe else {})}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
 def test_two_ranks_shard_every_image_once_and_stay_in_sync(real_data, tmp_path):
     log = tmp_path / "index.jsonl"
     res = torchrun(2, "--data", real_data, "--out", tmp_path / "ddp", "--subset", 1000, "--eval-subset", 200,
-                   "--epochs", 1, "--batch-size", 100, "--lr", 0.05, "--index-log", log)
+                   "--epochs", 1, "--batch-size", 100, "--lr", 0.05, probe=log)
     assert res.returncode == 0, res.stdout + res.stderr
     seen = {0: [], 1: []}
     for rec in read_jsonl(log):
         seen[rec["rank"]] += rec["index"]
-    subset = balanced_subset(load_split(real_data, "train").labels.numpy(), 1000, 0, 10)
+    subset = _subset(load_split(real_data, "train").labels.numpy(), 1000, 0, 10)
     assert not set(seen[0]) & set(seen[1])  # no image on both ranks
     assert len(seen[0]) == len(seen[1]) == 500
     assert sorted(seen[0] + seen[1]) == sorted(subset.tolist())  # together: the whole subset, once

@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import make_source, synthetic_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_quick_form_runs_every_step_and_writes_at_most_eight_files(tmp_path):
     src = make_source(tmp_path, synthetic_batches(), "python", "archive")
     out = tmp_path / "out"

@@ -38,7 +38,6 @@ from conftest import CLASSES, ROOT, make_source, source_files, write_archive
 
 runner = CliRunner()
 SPLITS = ("train", "val", "test")
-needs_ffcv = pytest.mark.skipif(not ffcv_installed(), reason="FFCV is not installed")
 
 
 def run(*args: object):
@@ -252,7 +251,7 @@ def test_special_files_are_refused_without_reading(tmp_path, pristine, special):
     assert fragment in res.stderr and "Traceback" not in res.stderr and "integrity: ok" not in res.stdout
 
 
-@needs_ffcv
+@pytest.mark.ffcv
 def test_info_checks_beton_checksums(tmp_path, src):
     root = converted(tmp_path, src, betons=True)
     assert "integrity: ok" in run("info", root).output
@@ -435,7 +434,7 @@ def shm() -> set[str]:
     return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
 
 
-@needs_ffcv
+@pytest.mark.ffcv
 def test_ctrl_c_while_writing_betons_stops_cleans_up_and_exits_130(tmp_path, src):
     out = converted(tmp_path, src, "out")
     before = snapshot(out)
@@ -451,7 +450,7 @@ def test_ctrl_c_while_writing_betons_stops_cleans_up_and_exits_130(tmp_path, src
     assert snapshot(out) == before and leftovers(tmp_path, "out") == []
 
 
-@needs_ffcv
+@pytest.mark.ffcv
 def test_kill_9_while_writing_betons_leaves_no_process_and_the_next_run_cleans_up(tmp_path, src):
     out = converted(tmp_path, src, "out")
     before, shm_before = snapshot(out), shm()
@@ -680,11 +679,11 @@ def test_converted_files_honour_the_umask(tmp_path, src, umask, file_mode, dir_m
     assert ("train.beton" in modes) == ffcv_installed()
 
 
+@pytest.mark.ffcv
 def test_beton_writer_writes_ffcv_s_own_bytes(tmp_path):
     """Our in-process writer and FFCV's DatasetWriter (one worker) produce identical files."""
     import contextlib
 
-    pytest.importorskip("ffcv.writer")
     import ffcv.types as t
     from ffcv.fields import IntField, RGBImageField
     from ffcv.fields.rgb_image import IMAGE_MODES

@@ -1,8 +1,11 @@
 """Every backend against the one meaning of the augmentation, and the batch contract.
 
 Parametrised over all four backends: each must match the NumPy reference on
-identical parameters, cover its split as promised, shard disjointly, and its own
-random generator must have the right statistics.
+given parameters and on the parameters its own epochs draw, cover its split
+as promised, shard disjointly, and its augmentation must have the right
+statistics. Which split positions a batch holds comes from the loader's
+order; that the images are those images is what the comparisons with the
+reference show.
 """
 
 from __future__ import annotations
@@ -12,68 +15,69 @@ import pytest
 import torch
 
 from alexpipe.pipeline import load_split, make_loader
-from alexpipe.pipeline.augment import AugParams, pca_matrix
-from alexpipe.pipeline.augment.reference import augment_batch_reference, normalise_image
+from alexpipe.pipeline.augment import AugParams, FixedParams, RandomParams, pca_matrix
+from alexpipe.pipeline.augment.reference import augment_batch_reference
 
-from conftest import MARKER_LEFT, MARKER_RIGHT
-
-BACKENDS = ["resident", "torchvision", "dali", "ffcv"]
-
-
-def batches(loader, limit=None):
-    out = []
-    for k, b in enumerate(loader):
-        if limit is not None and k >= limit:
-            break
-        out.append(tuple(t.cpu() for t in b))
-    return out
+from conftest import BACKENDS, MARKER_LEFT, MARKER_RIGHT, assert_matches_reference, batches_with_positions
 
 
 @pytest.mark.parametrize("variant", ["blog", "paper"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_matches_reference_on_explicit_params(real_data, backend, variant):
+def test_matches_reference_on_given_params(real_data, backend, variant):
     split = load_split(real_data, "train")
     # sigma 0.5 so that the clamp to 0..255 is exercised too
     params = AugParams.random(len(split), 0.5, np.random.default_rng(1))
-    loader = make_loader(real_data, "train", backend, batch_size=64, pca=variant, params=params,
-                         with_index=True, indices=np.arange(2000), seed=3)
-    checked = 0
-    for x, y, idx in batches(loader, limit=3):
-        idx = idx.numpy()
-        p = params.take(idx)
-        ref = augment_batch_reference(split.images[idx].numpy(), p.dx, p.dy, p.flip, p.alpha,
-                                      split.meta.stats, variant)
-        assert x.dtype == torch.float32 and tuple(x.shape) == (64, 3, 32, 32)
-        np.testing.assert_allclose(x.numpy(), ref, rtol=0, atol=1e-4)
-        assert torch.equal(y, split.labels[idx])
-        checked += len(idx)
-    assert checked == 192
+    loader = make_loader(real_data, "train", backend, batch_size=64, pca=variant, param_source=FixedParams(params),
+                         indices=np.arange(2000), seed=3)
+    got = batches_with_positions(loader, limit=3)
+    for x, y, positions in got:
+        assert x.dtype == torch.float32
+        assert_matches_reference(x, split, positions, params, variant)
+        assert torch.equal(y, split.labels[positions])
+    assert sum(len(p) for _, _, p in got) == 192
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_draws_are_the_epochs_table_applied_as_the_reference(real_data, backend):
+    """In training the parameters come from (seed, epoch): the batches are the reference applied with that
+    epoch's table, so every backend augments every image identically."""
+    split = load_split(real_data, "train")
+    loader = make_loader(real_data, "train", backend, batch_size=100, indices=np.arange(1000), seed=8,
+                         pca_sigma=0.3)
+    loader.set_epoch(4)
+    table = RandomParams(seed=8, sigma=0.3).for_epoch(4, len(split))
+    for x, y, positions in batches_with_positions(loader, limit=2):
+        assert_matches_reference(x, split, positions, table, "blog")
 
 
 @pytest.mark.parametrize("split_name", ["val", "test"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_eval_covers_split_once_and_is_only_normalised(real_data, backend, split_name):
     split = load_split(real_data, split_name)
-    loader = make_loader(real_data, split_name, backend, batch_size=300, with_index=True)
-    got = batches(loader)
+    loader = make_loader(real_data, split_name, backend, batch_size=300)
+    got = batches_with_positions(loader)
     assert len(got) == len(loader) == -(-len(split) // 300)
-    index = np.concatenate([i.numpy() for _, _, i in got])
+    assert [len(y) for _, y, _ in got] == [300] * (len(got) - 1) + [len(split) - 300 * (len(got) - 1)]
+    index = np.concatenate([p for _, _, p in got])
     assert sorted(index.tolist()) == list(range(len(split)))  # every image exactly once
-    assert len(got[-1][1]) == len(split) % 300 or len(got[-1][1]) == 300  # last batch partial
-    for x, y, i in got[:2]:
-        ref = np.stack([normalise_image(split.images[j].numpy(), split.meta.stats) for j in i.numpy()])
-        np.testing.assert_allclose(x.numpy(), ref, rtol=0, atol=1e-5)
-        assert torch.equal(y, split.labels[i])
+    for x, y, positions in got:  # ... and each batch holds the images at those positions
+        assert_matches_reference(x, split, positions, None, "blog", atol=1e-5)
+        assert torch.equal(y, split.labels[positions])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_train_epoch_drops_last_and_never_repeats(real_data, backend):
-    loader = make_loader(real_data, "train", backend, batch_size=100, with_index=True, indices=np.arange(1050))
-    got = batches(loader)
+    split = load_split(real_data, "train")
+    params = AugParams.random(len(split), 0.1, np.random.default_rng(2))
+    loader = make_loader(real_data, "train", backend, batch_size=100, indices=np.arange(1050),
+                         param_source=FixedParams(params))
+    got = batches_with_positions(loader)
     assert len(got) == len(loader) == 10
     assert all(len(y) == 100 for _, y, _ in got)
-    index = np.concatenate([i.numpy() for _, _, i in got])
+    index = np.concatenate([p for _, _, p in got])
     assert len(set(index.tolist())) == 1000 and index.max() < 1050
+    for x, _, positions in got[:3]:
+        assert_matches_reference(x, split, positions, params, "blog")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -94,11 +98,16 @@ def test_shards_are_disjoint_and_cover(real_data, backend):
     n = 1001
     seen = {}
     for split_name in ("train", "test"):
+        split = load_split(real_data, split_name)
+        params = AugParams.random(len(split), 0.1, np.random.default_rng(3))
         for rank in (0, 1):
             loader = make_loader(real_data, split_name, backend, batch_size=50, rank=rank, world_size=2,
-                                 with_index=True, indices=np.arange(n), seed=5)
+                                 indices=np.arange(n), seed=5, param_source=FixedParams(params))
             loader.set_epoch(2)
-            seen[split_name, rank] = np.concatenate([i.numpy() for _, _, i in batches(loader)])
+            got = batches_with_positions(loader)
+            for x, _, positions in got[:2]:  # the images are those of the rank's positions
+                assert_matches_reference(x, split, positions, params if split_name == "train" else None, "blog")
+            seen[split_name, rank] = np.concatenate([p for _, _, p in got])
     a, b = set(seen["train", 0].tolist()), set(seen["train", 1].tolist())
     assert not a & b and len(a) == len(b) == 500  # 1001 // 2 = 500 per rank, 10 full batches each
     a, b = seen["test", 0].tolist(), seen["test", 1].tolist()
@@ -148,11 +157,12 @@ def test_recover_params_inverts_the_reference():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_own_randomness_has_the_right_statistics(marker_data, backend):
+def test_training_augmentation_has_the_right_statistics(marker_data, backend):
+    """End to end, from the images: the offsets, flips and alphas a loader applies in training."""
     split = load_split(marker_data, "train")
     sigma = 0.1
     loader = make_loader(marker_data, "train", backend, batch_size=250, pca="blog", pca_sigma=sigma, seed=11)
-    xs = np.concatenate([x.numpy() for x, _ in batches(loader)])
+    xs = np.concatenate([x.numpy() for x, _ in loader])
     assert len(xs) == 3000
     dx, dy, flip, alpha = recover_params(xs, split.meta.stats, "blog")
     assert abs(flip.mean() - 0.5) < 0.04
@@ -168,18 +178,47 @@ def test_own_randomness_has_the_right_statistics(marker_data, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_epochs_differ_and_seed_epoch_reproduces(real_data, backend):
     def epoch_batches(epoch, seed=0):
-        loader = make_loader(real_data, "train", backend, batch_size=64, indices=np.arange(640), seed=seed,
-                             with_index=True)
+        loader = make_loader(real_data, "train", backend, batch_size=64, indices=np.arange(640), seed=seed)
         loader.set_epoch(epoch)
-        return batches(loader, limit=3)
+        return batches_with_positions(loader, limit=3)
 
     a, b, c = epoch_batches(1), epoch_batches(1), epoch_batches(2)
     for (xa, ya, ia), (xb, yb, ib) in zip(a, b):
-        assert torch.equal(ia, ib) and torch.equal(xa, xb) and torch.equal(ya, yb)
-    assert not torch.equal(a[0][2], c[0][2])  # a different shuffle
+        assert np.array_equal(ia, ib) and torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not np.array_equal(a[0][2], c[0][2])  # a different shuffle
     # the same image in two epochs gets a different augmentation
     pos = {int(i): (k, j) for k, (_, _, idx) in enumerate(c) for j, i in enumerate(idx)}
     common = [(k, j, pos[int(i)]) for k, (_, _, idx) in enumerate(a) for j, i in enumerate(idx) if int(i) in pos]
     assert common
     diffs = [not torch.equal(a[k][0][j], c[k2][0][j2]) for k, j, (k2, j2) in common]
     assert np.mean(diffs) > 0.9
+
+
+def test_random_params_have_the_right_statistics_and_depend_on_seed_and_epoch_only():
+    n, sigma = 40_000, 0.1
+    p = RandomParams(seed=3, sigma=sigma).for_epoch(0, n)
+    counts = np.zeros((9, 9))
+    np.add.at(counts, (p.dy, p.dx), 1)
+    expected = n / 81
+    assert ((counts - expected) ** 2 / expected).sum() < 140  # 80 dof: p ~ 1e-4 at 140
+    assert abs(p.flip.mean() - 0.5) < 0.01 and np.abs(p.alpha.mean(axis=0)).max() < 0.003
+    np.testing.assert_allclose(p.alpha.std(axis=0), sigma, rtol=0.02)
+    assert abs(np.mean(np.abs(p.alpha) < sigma) - 0.6827) < 0.01  # normal, not merely the right variance
+    corr = np.corrcoef(np.column_stack([p.dx, p.dy, p.flip, p.alpha]).astype(np.float64).T) - np.eye(6)
+    assert np.abs(corr).max() < 0.03  # independent draws
+    again = RandomParams(seed=3, sigma=sigma).for_epoch(0, n)
+    assert all(np.array_equal(u, v) for u, v in zip((p.dx, p.dy, p.flip, p.alpha),
+                                                    (again.dx, again.dy, again.flip, again.alpha)))
+    other = RandomParams(seed=3, sigma=sigma).for_epoch(1, n)
+    assert np.mean(other.alpha[:, 0] == p.alpha[:, 0]) < 0.001
+
+
+def test_one_door_for_every_backend_option(small_data):
+    """Backend options go through make_loader; one a backend does not take is refused by name."""
+    assert make_loader(small_data, "train", "resident", compile=False).cfg.batch_size == 128
+    with pytest.raises(ValueError, match="resident backend takes no option use_plugin"):
+        make_loader(small_data, "train", "resident", use_plugin=False)
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        make_loader(small_data, "train", "nope")
+    with pytest.raises(ValueError, match="pca_sigma must be a non-negative number"):
+        make_loader(small_data, "train", "resident", pca_sigma=-1.0)

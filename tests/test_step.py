@@ -14,7 +14,9 @@ import torch
 from alexpipe.model import build_model
 from alexpipe.pipeline import make_loader
 from alexpipe.train import checkpoint, distributed, loop
+from alexpipe.train.hardware import resolve_amp
 from alexpipe.train.recipes import get_recipe
+from alexpipe.train.run import RunOptions, fit
 from alexpipe.train.schedule import Schedule, build_optimizer
 from alexpipe.train.step import build_step
 
@@ -104,9 +106,9 @@ def test_amp_auto_uses_native_bf16_only(monkeypatch):
         return including_emulation
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", pre_ampere)
-    assert loop.resolve_amp("auto", torch.device("cuda")) == torch.float16
+    assert resolve_amp("auto", torch.device("cuda")) == torch.float16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    assert loop.resolve_amp("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_amp("auto", torch.device("cuda")) == torch.bfloat16
 
 
 def _trained_optimizer(channels_last: bool):
@@ -191,6 +193,7 @@ def test_bench_times_the_step_that_train_runs(small_data, monkeypatch):
     assert len(built) == 1 and built[0]["clip_grad_norm"] == get_recipe("blog").clip_grad_norm
 
 
+@pytest.mark.slow
 def test_the_compiled_step_computes_what_the_eager_step_computes():
     """--compile compiles the forward + loss + sums and the clipping: same update, same sums, clipping engaged."""
     recipe = get_recipe("blog")
@@ -212,15 +215,16 @@ def test_the_compiled_step_computes_what_the_eager_step_computes():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_run_resumed_in_the_other_memory_format_continues_as_if_uninterrupted(small_data, tmp_path):
     """One epoch contiguous, then --resume with --channels-last: the same weights as two epochs channels_last
     (up to the float rounding of two layouts), not momentum buffers read in the wrong element order."""
     recipe = get_recipe("blog").replace(epochs=2, batch_size=64, lr=0.05, dropout=0.0)
     common = dict(data=small_data, amp="off", log_every=1)
-    loop.fit(loop.RunOptions(out=tmp_path / "whole", recipe=recipe, channels_last=True, **common))
+    fit(RunOptions(out=tmp_path / "whole", recipe=recipe, channels_last=True, **common))
     cut = tmp_path / "cut"
-    loop.fit(loop.RunOptions(out=cut, recipe=recipe.replace(epochs=1), channels_last=False, **common))
-    loop.fit(loop.RunOptions(out=cut, recipe=recipe, channels_last=True, resume=True, **common))
+    fit(RunOptions(out=cut, recipe=recipe.replace(epochs=1), channels_last=False, **common))
+    fit(RunOptions(out=cut, recipe=recipe, channels_last=True, resume=True, **common))
     whole, resumed = (checkpoint.load(p / "last.pt")["model"] for p in (tmp_path / "whole", cut))
     for name in whole:
         torch.testing.assert_close(resumed[name], whole[name], rtol=1e-4, atol=1e-5, msg=name)

@@ -1,4 +1,9 @@
-"""`alexpipe train` and `alexpipe evaluate`."""
+"""`alexpipe train` and `alexpipe evaluate`.
+
+Importing this module is light: the choices come from modules that do not
+import torch, and the commands import the rest when they run, so `--help`
+answers at once.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,32 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from enum import Enum
+from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from alexpipe.pipeline import DataError
+from alexpipe.model import INIT_SCHEMES, MODEL_NAMES
+from alexpipe.pipeline.augment import PCA_VARIANTS
+from alexpipe.pipeline.loaders import BACKENDS
+from alexpipe.terminal import console, fail, literal
 
-from .recipes import RECIPES, Recipe, get_recipe
+from .hardware import AMP_MODES, COMPILE_MODES, DEVICES
+from .recipes import INPUTS, RECIPES, SCHEDULES, Recipe, get_recipe
 
-console = Console(stderr=True)
-out_console = Console()
-
+DEFAULT_DATA = Path("data/cifar10")
 _RECIPE_HELP = "Overrides the recipe's value."
+SPLITS = ("train", "val", "test")
 
 
-def _fail(message: str, code: int = 1) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+def _choice(name: str, values) -> type[Enum]:
+    """The named choices as an Enum of strings, the form typer turns into a `[a|b|c]` choice in --help."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+def _plain(value):
+    """A choice as the plain string it stands for."""
+    return value.value if isinstance(value, Enum) else value
 
 
 def _overrides(**given) -> dict:
@@ -34,104 +46,127 @@ def _overrides(**given) -> dict:
         try:
             out["step_epochs"] = tuple(int(s) for s in str(out["step_epochs"]).split(",") if s.strip())
         except ValueError:
-            _fail(f"--step-epochs takes comma-separated epoch numbers, got {given['step_epochs']!r}")
+            fail(f"--step-epochs takes comma-separated epoch numbers, got {given['step_epochs']!r}")
     if "clip_grad_norm" in out and out["clip_grad_norm"] <= 0:
         out["clip_grad_norm"] = None  # 0 turns clipping off
     return out
 
 
+# The options of `train`, one alias each (typer reads them from train_cmd's signature). Recipe overrides first.
+_R = _RECIPE_HELP
+Epochs = Annotated[Optional[int], typer.Option(help=f"{_R} Epochs to train (blog 49, paper 90).")]
+BatchSize = Annotated[Optional[int], typer.Option(help=f"{_R} Global batch size (per process x processes).")]
+Lr = Annotated[Optional[float], typer.Option(help=f"{_R} Peak learning rate.")]
+Momentum = Annotated[Optional[float], typer.Option(help=f"{_R} SGD momentum.")]
+Nesterov = Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov", help=_R)]
+WeightDecay = Annotated[Optional[float], typer.Option(help=f"{_R} L2 weight decay.")]
+ScheduleOpt = Annotated[Optional[_choice("Schedule", SCHEDULES)], typer.Option(help=_R)]
+StepEpochs = Annotated[Optional[str], typer.Option(help=f"{_R} For 'step': comma-separated epochs after which lr "
+                                                         "is multiplied by gamma.")]
+Gamma = Annotated[Optional[float], typer.Option(help=f"{_R} lr factor of 'step' and 'plateau'.")]
+Patience = Annotated[Optional[int], typer.Option(help=f"{_R} Epochs without val-loss improvement before 'plateau' "
+                                                       "cuts lr.")]
+Warmup = Annotated[Optional[float], typer.Option(help=f"{_R} Linear warm-up of 'onecycle', in epochs.")]
+Clip = Annotated[Optional[float], typer.Option(help=f"{_R} Gradient max-norm; 0 = off.")]
+Init = Annotated[Optional[_choice("Init", INIT_SCHEMES)], typer.Option(help=f"{_R} Weight init.")]
+Dropout = Annotated[Optional[float], typer.Option(help=f"{_R} Dropout of the FC layers.")]
+Smoothing = Annotated[Optional[float], typer.Option(help=f"{_R} Label smoothing of the loss.")]
+Pca = Annotated[Optional[_choice("Pca", PCA_VARIANTS)], typer.Option(help=f"{_R} PCA colour jitter.")]
+Inputs = Annotated[Optional[_choice("Inputs", INPUTS)], typer.Option(help=f"{_R} What the network is fed: "
+                                               "normalised (x / 255 - mean) / std, or pixels (x - mean on the "
+                                               "0..255 scale, the paper's).")]
+PcaSigma = Annotated[Optional[float], typer.Option(help=f"{_R} Std of the PCA coefficients alpha.")]
+Loader = Annotated[Optional[_choice("Backend", BACKENDS)], typer.Option(help=f"{_R} Input pipeline.")]
+TtaFlip = Annotated[Optional[bool], typer.Option("--tta-flip/--no-tta-flip", help=f"{_R} Evaluate on image + "
+                                                                                    "mirror.")]
+Seed = Annotated[Optional[int], typer.Option(help=f"{_R} Seeds weights, shuffles and augmentation.")]
+Model = Annotated[Optional[_choice("Model", MODEL_NAMES)], typer.Option(help=f"{_R} Network.")]
+# ... then where and how to run it
+Data = Annotated[Optional[Path], typer.Option(help="Folder written by `alexpipe convert` [default: data/cifar10, "
+                                                   "or the run's own with --resume].")]
+Out = Annotated[Path, typer.Option(help="Run folder: last.pt, best.pt, metrics.jsonl, curves.png, config.json, "
+                                        "summary.json.")]
+RecipeName = Annotated[Optional[_choice("RecipeName", RECIPES)], typer.Option("--recipe",
+                                                   help="Named recipe [default: blog, or the run's own with "
+                                                        "--resume].")]
+Device = Annotated[_choice("Device", DEVICES), typer.Option(help="auto: a GPU when there is one.")]
+Amp = Annotated[_choice("Amp", AMP_MODES), typer.Option(help="Mixed precision: auto (bf16 where the "
+                                  "hardware does it natively, else fp16 on CUDA, off on other CPUs) | bf16 | fp16 "
+                                  "(with a gradient scaler) | off.")]
+ChannelsLast = Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last",
+                                                      help="Memory format [default: on for CUDA, off on CPU].")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the hot path: the model with its loss "
+                                                         "(forward and backward), the gradient clipping and, with "
+                                                         "the resident loader, the augmentation.")]
+CompileMode = Annotated[_choice("CompileMode", COMPILE_MODES), typer.Option(
+                                          help="torch.compile mode with --compile (reduce-overhead: CUDA graphs).")]
+Subset = Annotated[Optional[int], typer.Option(help="Train on a class-balanced subset of N train images.")]
+EvalSubset = Annotated[Optional[int], typer.Option(help="Validate/test on class-balanced subsets of N images.")]
+Workers = Annotated[int, typer.Option(help="Worker processes (torchvision) or threads (DALI, FFCV).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")]
+Force = Annotated[bool, typer.Option("--force", help="Start over in a non-empty --out, or resume despite a changed "
+                                                     "recipe/dataset (the optimiser and lr schedule then continue "
+                                                     "from their saved state).")]
+LogEvery = Annotated[int, typer.Option(help="Steps between progress updates (each one syncs the device).")]
+ScaleLr = Annotated[bool, typer.Option("--scale-lr", help="Linear scaling rule: multiply lr by batch size / the "
+                                                          "recipe's batch size (off: a recipe means the same thing "
+                                                          "on 1 or N processes at the same global batch).")]
+DistTimeout = Annotated[float, typer.Option(help="Seconds a distributed collective may wait before the job fails "
+                                                 "(a crashed or stuck rank ends the run, not hangs it).")]
+_RECIPE_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "schedule", "step_epochs",
+                   "gamma", "patience", "warmup_epochs", "clip_grad_norm", "init", "dropout", "label_smoothing",
+                   "pca", "inputs", "pca_sigma", "loader", "tta_flip", "seed", "model")
+
+
 def train_cmd(
-    data: Path = typer.Option(Path("data/cifar10"), help="Folder written by `alexpipe convert`."),
-    out: Path = typer.Option(Path("runs/blog"), help="Run folder: last.pt, best.pt, metrics.jsonl, curves.png, "
-                                                     "config.json, summary.json."),
-    recipe: Optional[str] = typer.Option(None, help=f"Named recipe: {', '.join(RECIPES)} [default: blog, or the "
-                                                    "run's own with --resume]."),
-    epochs: Optional[int] = typer.Option(None, help=_RECIPE_HELP + " Epochs to train (blog 49, paper 90)."),
-    batch_size: Optional[int] = typer.Option(None, help=_RECIPE_HELP + " Global batch size (per process x "
-                                                                       "processes)."),
-    lr: Optional[float] = typer.Option(None, help=_RECIPE_HELP + " Peak learning rate."),
-    momentum: Optional[float] = typer.Option(None, help=_RECIPE_HELP + " SGD momentum."),
-    nesterov: Optional[bool] = typer.Option(None, "--nesterov/--no-nesterov", help=_RECIPE_HELP),
-    weight_decay: Optional[float] = typer.Option(None, help=_RECIPE_HELP + " L2 weight decay."),
-    schedule: Optional[str] = typer.Option(None, help=_RECIPE_HELP + " step | plateau | onecycle."),
-    step_epochs: Optional[str] = typer.Option(None, help=_RECIPE_HELP + " For 'step': comma-separated epochs "
-                                                                        "after which lr is multiplied by gamma."),
-    gamma: Optional[float] = typer.Option(None, help=_RECIPE_HELP + " lr factor of 'step' and 'plateau'."),
-    patience: Optional[int] = typer.Option(None, help=_RECIPE_HELP + " Epochs without val-loss improvement "
-                                                                     "before 'plateau' cuts lr."),
-    warmup_epochs: Optional[float] = typer.Option(None, help=_RECIPE_HELP + " Linear warm-up of 'onecycle'."),
-    clip_grad_norm: Optional[float] = typer.Option(None, help=_RECIPE_HELP + " Gradient max-norm; 0 = off."),
-    init: Optional[str] = typer.Option(None, help=_RECIPE_HELP + " Weight init: default | kaiming | paper."),
-    dropout: Optional[float] = typer.Option(None, help=_RECIPE_HELP + " Dropout of the FC layers."),
-    label_smoothing: Optional[float] = typer.Option(None, help=_RECIPE_HELP),
-    pca: Optional[str] = typer.Option(None, help=_RECIPE_HELP + " PCA colour jitter: blog | paper | off."),
-    inputs: Optional[str] = typer.Option(None, help=_RECIPE_HELP + " What the network is fed: normalised "
-                                                                   "(x / 255 - mean) / std, or pixels (x - mean "
-                                                                   "on the 0..255 scale, the paper's)."),
-    pca_sigma: Optional[float] = typer.Option(None, help=_RECIPE_HELP + " Std of the PCA coefficients alpha."),
-    loader: Optional[str] = typer.Option(None, help=_RECIPE_HELP + " resident | dali | ffcv | torchvision."),
-    tta_flip: Optional[bool] = typer.Option(None, "--tta-flip/--no-tta-flip",
-                                            help=_RECIPE_HELP + " Evaluate on image + mirror."),
-    seed: Optional[int] = typer.Option(None, help=_RECIPE_HELP + " Seeds weights, shuffles and augmentation."),
-    model: Optional[str] = typer.Option(None, help=_RECIPE_HELP + " Network: alexnet_cifar."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    amp: str = typer.Option("auto", help="Mixed precision: auto (bf16 where the hardware has it, else fp16 on "
-                                         "CUDA, off on CPU) | bf16 | fp16 (with a gradient scaler) | off."),
-    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
-                                                 help="Memory format [default: on for CUDA, off on CPU]."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the hot path: the model with its loss "
-                                                          "(forward and backward) and, with the resident loader, "
-                                                          "the augmentation."),
-    compile_mode: str = typer.Option("default", help="torch.compile mode with --compile: default | reduce-overhead "
-                                                     "(CUDA graphs) | max-autotune | max-autotune-no-cudagraphs."),
-    subset: Optional[int] = typer.Option(None, help="Train on a class-balanced subset of N train images."),
-    eval_subset: Optional[int] = typer.Option(None, help="Validate/test on class-balanced subsets of N images."),
-    workers: int = typer.Option(2, help="Worker processes (torchvision) or threads (DALI, FFCV)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
-    force: bool = typer.Option(False, "--force", help="Start over in a non-empty --out, or resume despite a "
-                                                      "changed recipe/dataset (the optimiser and lr schedule "
-                                                      "then continue from their saved state)."),
-    log_every: int = typer.Option(20, help="Steps between progress updates (each one syncs the device)."),
-    scale_lr: bool = typer.Option(False, "--scale-lr", help="Linear scaling rule: multiply lr by batch size / the "
-                                                            "recipe's batch size (off: a recipe means the same "
-                                                            "thing on 1 or N processes at the same global batch)."),
-    dist_timeout: float = typer.Option(600.0, help="Seconds a distributed collective may wait before the job "
-                                                   "fails (a crashed or stuck rank ends the run, not hangs it)."),
-    index_log: Optional[Path] = typer.Option(None, hidden=True, help="Test hook: append the train positions "
-                                                                     "each rank sees, as JSON lines."),
+    data: Data = None, out: Out = Path("runs/blog"), recipe: RecipeName = None, epochs: Epochs = None,
+    batch_size: BatchSize = None, lr: Lr = None, momentum: Momentum = None, nesterov: Nesterov = None,
+    weight_decay: WeightDecay = None, schedule: ScheduleOpt = None, step_epochs: StepEpochs = None,
+    gamma: Gamma = None, patience: Patience = None, warmup_epochs: Warmup = None, clip_grad_norm: Clip = None,
+    init: Init = None, dropout: Dropout = None, label_smoothing: Smoothing = None, pca: Pca = None,
+    inputs: Inputs = None, pca_sigma: PcaSigma = None, loader: Loader = None, tta_flip: TtaFlip = None,
+    seed: Seed = None, model: Model = None, device: Device = "auto", amp: Amp = "auto",
+    channels_last: ChannelsLast = None, compile: Compile = False, compile_mode: CompileMode = "default",
+    subset: Subset = None, eval_subset: EvalSubset = None, workers: Workers = 2, resume: Resume = False,
+    force: Force = False, log_every: LogEvery = 20, scale_lr: ScaleLr = False, dist_timeout: DistTimeout = 600.0,
 ) -> None:
     """Train AlexNet on converted CIFAR-10 (default: the write-up's 49-epoch recipe)."""
-    from .loop import RunOptions, TrainingError, fit
-
-    changes = _overrides(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov,
-                         weight_decay=weight_decay, schedule=schedule, step_epochs=step_epochs, gamma=gamma,
-                         patience=patience, warmup_epochs=warmup_epochs, clip_grad_norm=clip_grad_norm, init=init,
-                         dropout=dropout, label_smoothing=label_smoothing, pca=pca, inputs=inputs, pca_sigma=pca_sigma,
-                         loader=loader, tta_flip=tta_flip, seed=seed, model=model)
+    given = {k: _plain(v) for k, v in locals().items()}
+    changes = _overrides(**{k: given[k] for k in _RECIPE_OPTIONS})
+    recipe, device, amp, compile_mode = (given[k] for k in ("recipe", "device", "amp", "compile_mode"))
     try:
         if resume:
             base, saved = _saved_run(out)
             if recipe is not None and recipe != base.name and not force:
-                _fail(f"{out} was trained with recipe {base.name!r}, not {recipe!r} (pass --force to switch)")
+                fail(f"{out} was trained with recipe {base.name!r}, not {recipe!r} (pass --force to switch)")
             subset = saved.get("subset") if subset is None else subset
             eval_subset = saved.get("eval_subset") if eval_subset is None else eval_subset
-            data = Path(saved["data"]) if data == Path("data/cifar10") and saved.get("data") else data
+            data = data if data is not None else Path(saved.get("data") or DEFAULT_DATA)
         else:
             base = get_recipe(recipe or "blog")
         r = base.replace(**changes)
         if scale_lr:
             r = r.replace(lr=r.lr * r.batch_size / base.batch_size)
     except (ValueError, TypeError) as exc:
-        _fail(str(exc))
-    opts = RunOptions(data=data, out=out, recipe=r, device=device, amp=amp, channels_last=channels_last,
-                      compile=compile, compile_mode=compile_mode, subset=subset, eval_subset=eval_subset, num_workers=workers, resume=resume,
-                      force=force, log_every=max(1, log_every), index_log=index_log,
-                      dist_timeout=dist_timeout,
-                      command=" ".join(shlex.quote(a) for a in ["alexpipe", *sys.argv[1:]]))
+        fail(str(exc))
+    _run(data if data is not None else DEFAULT_DATA, out, r, dict(
+        device=device, amp=amp, channels_last=channels_last, compile=compile, compile_mode=compile_mode,
+        subset=subset, eval_subset=eval_subset, num_workers=workers, resume=resume, force=force,
+        log_every=max(1, log_every), dist_timeout=dist_timeout,
+        command=" ".join(shlex.quote(a) for a in ["alexpipe", *sys.argv[1:]])))
+
+
+def _run(data: Path, out: Path, recipe: Recipe, options: dict) -> None:
+    """fit() with every failure a user can cause as one line (exit 2 for a diverged loss, else 1)."""
+    from alexpipe.pipeline import DataError
+
+    from .errors import NonFiniteLoss, TrainingError
+    from .run import RunOptions, fit
+
     try:
-        fit(opts)
+        fit(RunOptions(data=data, out=out, recipe=recipe, **options))
     except (TrainingError, DataError, ValueError) as exc:
-        _fail(str(exc), 2 if type(exc).__name__ == "NonFiniteLoss" else 1)
+        fail(str(exc), 2 if isinstance(exc, NonFiniteLoss) else 1)
 
 
 def _saved_run(out: Path) -> tuple[Recipe, dict]:
@@ -144,56 +179,77 @@ def _saved_run(out: Path) -> tuple[Recipe, dict]:
 
 def evaluate_cmd(
     checkpoint_path: Path = typer.Argument(..., metavar="CHECKPOINT", help="A best.pt or last.pt of a run."),
-    data: Path = typer.Option(Path("data/cifar10"), help="Folder written by `alexpipe convert`."),
-    split: str = typer.Option("test", help="train | val | test (un-augmented)."),
-    loader: str = typer.Option("resident", help="resident | dali | ffcv | torchvision."),
+    data: Path = typer.Option(DEFAULT_DATA, help="Folder written by `alexpipe convert`."),
+    split: _choice("Split", SPLITS) = typer.Option("test", help="The split to evaluate (un-augmented)."),
+    loader: _choice("Backend", BACKENDS) = typer.Option("resident", help="Input pipeline."),
     batch_size: int = typer.Option(500, help="Images per forward pass."),
     tta_flip: Optional[bool] = typer.Option(None, "--tta-flip/--no-tta-flip",
                                             help="Average with the mirrored image [default: the recipe's]."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    amp: str = typer.Option("auto", help="auto | bf16 | fp16 | off."),
+    device: _choice("Device", DEVICES) = typer.Option("auto", help="auto: a GPU when there is one."),
+    amp: _choice("Amp", AMP_MODES) = typer.Option("auto", help="Mixed precision, as for train."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),
 ) -> None:
     """Top-1/top-5, per-class accuracy and the confusion matrix of a checkpoint."""
+    from alexpipe.pipeline import DataError
+
+    from .errors import TrainingError
+
+    split, loader, device, amp = (_plain(v) for v in (split, loader, device, amp))
+    try:
+        res, classes, epoch = _evaluate(checkpoint_path, data, split, loader, batch_size, tta_flip, device, amp)
+    except (TrainingError, DataError, ValueError) as exc:
+        fail(str(exc))
+    conf = res["confusion"]
+    per_class = [row[i] / max(1, sum(row)) for i, row in enumerate(conf)]
+    out = console()
+    out.print(f"{literal(checkpoint_path)} (epoch {epoch}) on {split}: {res['images']:,} images")
+    out.print(confusion_table(classes, conf, per_class))
+    out.print(f"top-1 {100 * res['top1']:.2f}%   top-5 {100 * res['top5']:.2f}%   loss {res['loss']:.4f}")
+    if json_out:
+        json_out.write_text(json.dumps({"checkpoint": str(checkpoint_path), "split": split, **res,
+                                        "per_class_acc": dict(zip(classes, per_class)), "classes": classes},
+                                       indent=2) + "\n")
+
+
+def _evaluate(checkpoint_path: Path, data: Path, split: str, loader: str, batch_size: int,
+              tta_flip: Optional[bool], device: str, amp: str) -> tuple[dict, list[str], int]:
     import torch
 
     from alexpipe.model import build_model
     from alexpipe.pipeline import load_split, make_loader
 
-    from . import checkpoint as ckpt_mod
-    from .distributed import World
+    from . import checkpoint
+    from .hardware import resolve_amp, resolve_device
     from .inputs import feed
-    from .loop import TrainingError, evaluate, resolve_amp, resolve_device
+    from .loop import evaluate
 
-    try:
-        ckpt = ckpt_mod.load(checkpoint_path)
-        r = Recipe.from_dict(ckpt["recipe"])
-        dev = resolve_device(device, World())
-        amp_dtype = resolve_amp(amp, dev)
-        classes = list(ckpt.get("classes") or load_split(data, split).meta.classes)
-        net = build_model(r.model, num_classes=len(classes), dropout=r.dropout).to(dev)
-        net.load_state_dict(ckpt["model"])
-        net = feed(net, r.inputs, load_split(data, split).meta.stats.std)
-        ld = make_loader(data, split, loader, device=dev, batch_size=batch_size, augment=False,
-                         dtype=amp_dtype or torch.float32, channels_last=dev.type == "cuda")
-        res = evaluate(net, ld, amp_dtype, r.tta_flip if tta_flip is None else tta_flip, len(classes))
-    except (TrainingError, DataError, ValueError) as exc:
-        _fail(str(exc))
-    conf = res["confusion"]
-    per_class = [row[i] / max(1, sum(row)) for i, row in enumerate(conf)]
-    t = Table(title=f"{checkpoint_path} on {split} ({res['images']:,} images, epoch {ckpt['epoch']})")
-    t.add_column("true \\ predicted")
-    for c in classes:
-        t.add_column(c[:5], justify="right")
-    t.add_column("accuracy", justify="right")
-    for c, row, acc in zip(classes, conf, per_class):
-        t.add_row(c, *map(str, row), f"{100 * acc:.1f}%")
-    out_console.print(t)
-    out_console.print(f"top-1 {100 * res['top1']:.2f}%   top-5 {100 * res['top5']:.2f}%   loss {res['loss']:.4f}")
-    if json_out:
-        json_out.write_text(json.dumps({"checkpoint": str(checkpoint_path), "split": split, **res,
-                                        "per_class_acc": dict(zip(classes, per_class)), "classes": classes},
-                                       indent=2) + "\n")
+    ckpt = checkpoint.load(checkpoint_path)
+    r = Recipe.from_dict(ckpt["recipe"])
+    dev = resolve_device(device)
+    amp_dtype = resolve_amp(amp, dev)
+    classes = list(ckpt.get("classes") or load_split(data, split).meta.classes)
+    net = build_model(r.model, num_classes=len(classes), dropout=r.dropout).to(dev)
+    net.load_state_dict(ckpt["model"])
+    net = feed(net, r.inputs, load_split(data, split).meta.stats.std)
+    ld = make_loader(data, split, loader, device=dev, batch_size=batch_size, augment=False,
+                     dtype=amp_dtype or torch.float32, channels_last=dev.type == "cuda")
+    return evaluate(net, ld, amp_dtype, r.tta_flip if tta_flip is None else tta_flip, len(classes)), classes, \
+        ckpt["epoch"]
+
+
+def confusion_table(classes: list[str], conf: list[list[int]], per_class: list[float]):
+    """Counts[true, predicted] with the classes numbered across the top and named down the side, and each
+    class's accuracy: readable in 80 columns (ten 5-digit columns, no borders)."""
+    from rich.table import Table
+
+    t = Table(box=None, pad_edge=False, padding=(0, 0, 0, 1), show_edge=False)
+    t.add_column("true \\ pred", no_wrap=True)
+    for i in range(len(classes)):
+        t.add_column(str(i), justify="right", no_wrap=True)
+    t.add_column("acc", justify="right", no_wrap=True)
+    for i, (name, row, acc) in enumerate(zip(classes, conf, per_class)):
+        t.add_row(literal(f"{i} {name[:12]}"), *map(str, row), f"{100 * acc:.1f}%")
+    return t
 
 
 def register(app: typer.Typer) -> None:

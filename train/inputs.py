@@ -18,7 +18,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-INPUTS = ("normalised", "pixels")
+from .recipes import INPUTS
+
 
 
 class MeanSubtractedPixels(nn.Module):
@@ -43,4 +44,4 @@ def feed(model: nn.Module, inputs: str, std: Sequence[float]) -> nn.Module:
     return MeanSubtractedPixels(model, std).to(next(model.parameters()).device)
 
 
-__all__ = ["INPUTS", "MeanSubtractedPixels", "feed"]
+__all__ = ["MeanSubtractedPixels", "feed"]

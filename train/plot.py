@@ -27,6 +27,11 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> N
         ax.legend()
     if title:
         fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Lay out, save as PNG to a temporary sibling, rename over `path`, close: never a half-written image."""
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")

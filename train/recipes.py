@@ -63,6 +63,7 @@ class Recipe:
 
 
 SCHEDULES = ("step", "plateau", "onecycle")
+INPUTS = ("normalised", "pixels")  # what the network is fed: train/inputs.py
 
 RECIPES: dict[str, Recipe] = {
     # the write-up: 49 epochs, batch 128, SGD(0.9), wd 5e-4, lr 0.01 -> 0.001 after epoch 30,
@@ -89,11 +90,9 @@ def get_recipe(name: str) -> Recipe:
 
 def validate(r: Recipe) -> None:
     """Raise ValueError with one clear sentence for an unusable combination."""
-    from alexpipe.model import INIT_SCHEMES, MODELS
+    from alexpipe.model import INIT_SCHEMES, MODEL_NAMES
     from alexpipe.pipeline.augment import PCA_VARIANTS
     from alexpipe.pipeline.loaders import BACKENDS
-
-    from .inputs import INPUTS
 
     checks = [
         (r.epochs >= 1, f"epochs must be at least 1, got {r.epochs}"),
@@ -104,7 +103,7 @@ def validate(r: Recipe) -> None:
         (r.inputs in INPUTS, f"inputs must be one of {', '.join(INPUTS)}, got {r.inputs!r}"),
         (r.pca in PCA_VARIANTS, f"pca must be one of {', '.join(PCA_VARIANTS)}, got {r.pca!r}"),
         (r.loader in BACKENDS, f"loader must be one of {', '.join(BACKENDS)}, got {r.loader!r}"),
-        (r.model in MODELS, f"model must be one of {', '.join(MODELS)}, got {r.model!r}"),
+        (r.model in MODEL_NAMES, f"model must be one of {', '.join(MODEL_NAMES)}, got {r.model!r}"),
         (r.clip_grad_norm is None or r.clip_grad_norm > 0, "clip-grad-norm must be positive (or none)"),
         (0 <= r.label_smoothing < 1, "label smoothing must lie in [0, 1)"),
         (0 <= r.dropout < 1, "dropout must lie in [0, 1)"),
@@ -114,4 +113,4 @@ def validate(r: Recipe) -> None:
             raise ValueError(message)
 
 
-__all__ = ["RECIPES", "Recipe", "SCHEDULES", "get_recipe", "validate"]
+__all__ = ["INPUTS", "RECIPES", "Recipe", "SCHEDULES", "get_recipe", "validate"]

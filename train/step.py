@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hardware import COMPILE_MODES
 from .schedule import Schedule
 
 Forward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # -> loss, [loss x n, correct]
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def make_forward(net: nn.Module, amp_dtype: Optional[torch.dtype], label_smoothing: float = 0.0) -> Forward:
@@ -111,4 +111,4 @@ def new_generation(device: torch.device) -> None:
         torch.compiler.cudagraph_mark_step_begin()
 
 
-__all__ = ["COMPILE_MODES", "TrainStep", "build_step", "compiled", "make_forward", "new_generation"]
+__all__ = ["TrainStep", "build_step", "compiled", "make_forward", "new_generation"]

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ..stats import ChannelStats
-from .params import CROP, MAX_OFFSET, PAD
+from ..device import to_device
+from .params import CROP, MAX_OFFSET, PAD, AugParams
 from .pca import normalise_affine, pca_matrix
 
 
@@ -29,22 +30,13 @@ class BatchParams:
     alpha: torch.Tensor  # float32 (B, 3)
 
     @classmethod
-    def from_numpy(cls, p, device: torch.device) -> "BatchParams":
-        return cls(*(torch.as_tensor(np.asarray(v), device=device) for v in (p.dx, p.dy, p.flip, p.alpha)))
+    def from_params(cls, p: AugParams, device: torch.device) -> "BatchParams":
+        """The tensors of `p` on `device`, copied without making the host wait."""
+        return cls(*(to_device(torch.from_numpy(np.ascontiguousarray(v)), device)
+                     for v in (p.dx, p.dy, p.flip, p.alpha)))
 
     def take(self, index: torch.Tensor) -> "BatchParams":
         return BatchParams(self.dx[index], self.dy[index], self.flip[index], self.alpha[index])
-
-    @classmethod
-    def sample(cls, n: int, sigma: float, generator: torch.Generator, device: torch.device) -> "BatchParams":
-        """Draw from `generator` (which must live on `device`)."""
-        kw = dict(generator=generator, device=device)
-        return cls(
-            dx=torch.randint(0, MAX_OFFSET + 1, (n,), **kw),
-            dy=torch.randint(0, MAX_OFFSET + 1, (n,), **kw),
-            flip=torch.rand(n, **kw) < 0.5,
-            alpha=torch.randn(n, 3, **kw) * sigma,
-        )
 
 
 class Normaliser:

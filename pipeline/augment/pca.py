@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..stats import ChannelStats
+from . import PCA_VARIANTS
 
-PCA_VARIANTS = ("blog", "paper", "off")
 
 
 def pca_matrix(stats: ChannelStats, variant: str) -> np.ndarray:

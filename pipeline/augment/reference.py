@@ -15,7 +15,7 @@ from .pca import pca_matrix
 
 def augment_image(image: np.ndarray, dx: int, dy: int, flip: bool, alpha: np.ndarray,
                   stats: ChannelStats, variant: str) -> np.ndarray:
-    """One HWC uint8 training image -> CHW float32, steps 1-4 of DESIGN.md."""
+    """One HWC uint8 training image -> CHW float32, steps 1-4 of docs/design.md ("The augmentation")."""
     h, w, c = image.shape
     # 1. translate: zero-pad PAD pixels on each side, take the CROP x CROP window at (dx, dy)
     padded = np.zeros((h + 2 * PAD, w + 2 * PAD, c), dtype=np.float64)

@@ -1,4 +1,4 @@
-// AlexpipePcaJitter: the PCA colour jitter of DESIGN.md, step 3, as a DALI operator.
+// AlexpipePcaJitter: the PCA colour jitter of docs/design.md ("The augmentation", step 3), as a DALI operator.
 //
 // out[h, w, c] = clamp(in[h, w, c] + delta[c], 0, 255) in float32, with
 // delta = M @ alpha (M: 3x3 row-major, V diag(s) from pipeline/augment/pca.py;

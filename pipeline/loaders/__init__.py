@@ -1,43 +1,56 @@
-"""Four backends, one batch contract: see base.py."""
+"""Four backends, one batch contract (base.py), one door: `make_loader`.
+
+Importing this package is light (the backend names; torch comes with the
+first loader), so the command line can list the backends quickly.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
-import torch
+from alexpipe.lazy import lazy_exports
 
-from .base import BACKENDS, BaseLoader, LoaderConfig, epoch_order
+BACKENDS = ("resident", "dali", "ffcv", "torchvision")
+
+# backend name -> (module, class); each module is imported only when its backend is asked for
+_CLASSES = {"resident": (".resident", "ResidentLoader"), "dali": (".dali", "DaliLoader"),
+            "ffcv": (".ffcv", "FfcvLoader"), "torchvision": (".torchvision", "TorchvisionLoader")}
 
 
 def make_loader(root: str | Path, split: str = "train", backend: str = "resident", *,
-                device: str | torch.device = "cpu", **options: Any) -> BaseLoader:
+                device: "str | torch.device" = "cpu", **options: Any) -> "BaseLoader":
     """A loader over `root/<split>` with the named backend.
 
     Options are the fields of `LoaderConfig` (batch_size, dtype, channels_last,
     pca, pca_sigma, augment, seed, shuffle, drop_last, rank, world_size,
-    num_workers, indices, params, with_index) plus backend-specific ones
-    (resident: compile, compile_mode; dali: use_plugin).
+    num_workers, indices, param_source) plus the backend's own: resident
+    `compile`, `compile_mode`; dali `use_plugin`, `plugin_path`; ffcv
+    `augment_on`. An option the backend does not take is a ValueError.
     """
-    extra = {k: options.pop(k) for k in ("compile", "compile_mode", "use_plugin") if k in options}
-    cfg = LoaderConfig(root=Path(root), split=split, device=torch.device(device), **options)
-    if backend == "resident":
-        from .resident import ResidentLoader
+    import torch
 
-        return ResidentLoader(cfg, **extra)
-    if backend == "torchvision":
-        from .torchvision import TorchvisionLoader
+    from .base import LoaderConfig
 
-        return TorchvisionLoader(cfg, **extra)
-    if backend == "dali":
-        from .dali import DaliLoader
+    if backend not in _CLASSES:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    fields = {f.name for f in dataclasses.fields(LoaderConfig)}
+    config = {k: v for k, v in options.items() if k in fields}
+    extra = {k: v for k, v in options.items() if k not in fields}
+    module, name = _CLASSES[backend]
+    cls = getattr(importlib.import_module(module, __name__), name)
+    takes = set(inspect.signature(cls.__init__).parameters) - {"self", "cfg", "split"}
+    unknown = sorted(set(extra) - takes)
+    if unknown:
+        raise ValueError(f"the {backend} backend takes no option {', '.join(unknown)}"
+                         + (f" (its own: {', '.join(sorted(takes))})" if takes else ""))
+    return cls(LoaderConfig(root=Path(root), split=split, device=torch.device(device), **config), **extra)
 
-        return DaliLoader(cfg, **extra)
-    if backend == "ffcv":
-        from .ffcv import FfcvLoader
 
-        return FfcvLoader(cfg, **extra)
-    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+__getattr__ = lazy_exports(__name__, {"BaseLoader": ".base", "LoaderConfig": ".base", "epoch_order": ".base"})
 
 
 __all__ = ["BACKENDS", "BaseLoader", "LoaderConfig", "epoch_order", "make_loader"]

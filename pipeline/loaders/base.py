@@ -1,9 +1,12 @@
 """What every backend shares: its configuration, the epoch order, the batch contract.
 
-A loader yields `(images, labels)` (or `(images, labels, index)` with
-`with_index=True`, the hook tests use to check coverage): images normalised,
-NCHW in `dtype` (channels_last memory format when asked) on `device`, labels
-int64 on `device`, index int64 = positions in the split file.
+A loader yields `(images, labels)`: images normalised, NCHW in `dtype`
+(channels_last memory format when asked) on `device`, labels int64 on
+`device`. Batch k holds the split positions `order()[k * batch_size:(k + 1) *
+batch_size]` of its epoch. A backend only makes the images of a batch, in
+NCHW of any float dtype; the labels, the final cast and the memory layout are
+done here, once for all of them (`_emit`). How to add a backend:
+docs/design.md, "The loader contract".
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from ..augment import AugParams, PCA_VARIANTS
+from ..augment import PCA_VARIANTS, AugParams, ParamSource, RandomParams
+from ..augment.batched import to_layout
+from ..device import to_device
 from ..fileformat import Split, load_split
 
-BACKENDS = ("resident", "dali", "ffcv", "torchvision")
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -42,8 +47,7 @@ class LoaderConfig:
     world_size: int = 1
     num_workers: int = 2  # torchvision workers, DALI / FFCV threads
     indices: Optional[np.ndarray] = None  # restrict to these positions of the split (e.g. --subset)
-    params: Optional[AugParams] = None  # test hook: explicit parameters, indexed by split position
-    with_index: bool = False  # test hook: also yield each image's split position
+    param_source: Optional[ParamSource] = None  # default: RandomParams(seed, pca_sigma)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -54,12 +58,16 @@ class LoaderConfig:
         self.drop_last = is_train if self.drop_last is None else self.drop_last
         if self.pca not in PCA_VARIANTS:
             raise ValueError(f"pca must be one of {', '.join(PCA_VARIANTS)}, got {self.pca!r}")
+        if not self.pca_sigma >= 0:
+            raise ValueError(f"pca_sigma must be a non-negative number, got {self.pca_sigma}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not in 0..{self.world_size - 1}")
-        if self.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {self.dtype}")
+        if self.param_source is None:
+            self.param_source = RandomParams(self.seed, self.pca_sigma)
 
     @property
     def jitter(self) -> bool:
@@ -83,24 +91,8 @@ def epoch_order(positions: np.ndarray, seed: int, epoch: int, shuffle: bool, ran
     return order[rank::world_size]
 
 
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from several non-negative integers (seed, epoch, rank, index ...)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
-
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on `device` without making the host wait: through pinned memory, asynchronously, on CUDA.
-
-    The pinned copy is freed only once the transfer is done (torch's caching
-    host allocator records the stream), so the caller may drop it at once.
-    """
-    if device.type == "cuda":
-        t = t.pin_memory()
-    return t.to(device, non_blocking=True)
 
 
 class BaseLoader(ABC):
@@ -110,8 +102,6 @@ class BaseLoader(ABC):
     on the device from the start and the epoch's order is copied there once, so
     batch k's labels are a gather on the device (`_emit`), whatever the backend.
     """
-
-    backend = "base"
 
     def __init__(self, cfg: LoaderConfig, split: Optional[Split] = None):
         self.cfg = cfg
@@ -124,10 +114,9 @@ class BaseLoader(ABC):
         else:
             positions = np.arange(n, dtype=np.int64)
         self.positions = positions
-        if cfg.params is not None and len(cfg.params) != n:
-            raise ValueError(f"params must cover the whole split ({n} images), got {len(cfg.params)}")
         self.epoch = 0
         self._order: Optional[tuple[int, np.ndarray]] = None  # (epoch, order): one permutation per epoch
+        self._params: Optional[tuple[int, AugParams]] = None  # (epoch, the whole split's parameters)
         self._device_order: Optional[tuple[int, torch.Tensor]] = None
         self._device_labels: Optional[torch.Tensor] = None
 
@@ -143,6 +132,12 @@ class BaseLoader(ABC):
             self._order = (e, epoch_order(self.positions, c.seed, e, c.shuffle, c.rank, c.world_size,
                                           equal_shards=c.drop_last))
         return self._order[1]
+
+    def epoch_params(self) -> AugParams:
+        """Every split image's augmentation parameters this epoch (from the config's source, once per epoch)."""
+        if self._params is None or self._params[0] != self.epoch:
+            self._params = (self.epoch, self.cfg.param_source.for_epoch(self.epoch, len(self.split)))
+        return self._params[1]
 
     def device_order(self) -> torch.Tensor:
         """This epoch's order as an int64 tensor on the device, copied there once per epoch."""
@@ -165,10 +160,9 @@ class BaseLoader(ABC):
     def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         """Yield this epoch's batches (see the module docstring for their contract)."""
 
-    def _emit(self, images: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
-        """Batch k: the backend's images, with labels (and positions) gathered on the device."""
+    def _emit(self, images: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch k: the backend's NCHW images in the requested dtype and layout, and their labels, gathered on
+        the device. `images` must not be a buffer the backend's library will reuse (the cast may be a no-op)."""
         if self._device_labels is None:
             self._device_labels = to_device(self.split.labels, self.cfg.device)
-        index = self.batch_index(k)
-        labels = self._device_labels[index]
-        return (images, labels, index) if self.cfg.with_index else (images, labels)
+        return to_layout(images, self.cfg.dtype, self.cfg.channels_last), self._device_labels[self.batch_index(k)]

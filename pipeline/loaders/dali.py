@@ -2,7 +2,7 @@
 
 Per batch, an external source hands DALI the uint8 images in the order
 `BaseLoader.order()` gives (so shuffling, sharding, drop_last and coverage are
-those of every other backend). The pipeline then runs DESIGN.md's steps:
+those of every other backend). The pipeline then runs the steps of docs/design.md:
 
 - translate (step 1): `fn.slice` at (dy - 4, dx - 4), 32x32, the outside padded with 0;
 - PCA jitter (step 3): the project's own operator AlexpipePcaJitter (a native
@@ -18,10 +18,12 @@ those of every other backend). The pipeline then runs DESIGN.md's steps:
   on DALI's own output buffer handed over through DLPack (no copy before it).
 
 The pipeline is built once and reset between epochs. dx, dy, flip and alpha
-come through the external source too, from a table drawn on the host per
-epoch from (seed, epoch) alone (`epoch_params`), so an epoch is reproducible
-and an image's augmentation does not depend on the rank; with `cfg.params`
-(the test hook) the table is the given one, through the same operators.
+come through the external source too, from the epoch's parameter table
+(`BaseLoader.epoch_params`: drawn on the host from (seed, epoch) alone), so an
+epoch is reproducible and an image's augmentation does not depend on the rank.
+DALI's own generators would not do: in a pipeline that lives across epochs
+their state carries over, and a resumed run would not see what an
+uninterrupted one saw.
 
 On CUDA the images are copied to the GPU right after the external source and
 every step runs there; the per-image parameters stay on the CPU, as DALI's
@@ -36,13 +38,12 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 import torch
 
-from ..augment import CROP, PAD, AugParams, pca_matrix
+from ..augment import CROP, PAD, pca_matrix
 from ..fileformat import Split
 from . import dali_build
 from .base import BaseLoader, LoaderConfig
 
 _warned: set[str] = set()
-_STREAM = 0xDA11  # keeps this backend's draws apart from other uses of (seed, epoch)
 
 
 def _warn_once(reason: str) -> None:
@@ -95,8 +96,6 @@ class DaliLoader(BaseLoader):
     """See the module docstring. use_plugin=False forces the built-in composition for step 3;
     plugin_path loads that prebuilt library instead of the cached build."""
 
-    backend = "dali"
-
     def __init__(self, cfg: LoaderConfig, split: Optional[Split] = None, use_plugin: bool = True,
                  plugin_path: Optional[str] = None):
         super().__init__(cfg, split)
@@ -121,18 +120,6 @@ class DaliLoader(BaseLoader):
         self.uses_plugin = cfg.jitter and self.fallback_reason is None
 
     # --- the pipeline ---
-
-    def epoch_params(self) -> AugParams:
-        """Every split image's parameters for this epoch, drawn on the host from (seed, epoch) alone.
-
-        Not DALI's own generators: the pipeline is built once and lives across
-        epochs, so its generators' state would depend on every epoch before, and
-        a resumed run would not see the augmentation of an uninterrupted one.
-        """
-        c = self.cfg
-        if c.params is not None:
-            return c.params
-        return AugParams.random(len(self.split), c.pca_sigma, np.random.default_rng([c.seed, self.epoch, _STREAM]))
 
     def _source(self) -> Callable:
         """External-source callback: batch k of the current epoch, images plus (when augmenting) parameters."""
@@ -200,12 +187,11 @@ class DaliLoader(BaseLoader):
         return pipe
 
     def _to_torch(self, out: Any) -> torch.Tensor:
-        """DALI's output as a torch tensor through DLPack: no copy (on CUDA, torch's stream waits for
-        DALI's, without the host waiting); the cast to the compute dtype is the one pass over it."""
-        c = self.cfg
+        """DALI's output as an NCHW torch tensor through DLPack: no copy (on CUDA, torch's stream waits for
+        DALI's, without the host waiting); `_emit`'s cast to the compute dtype is the one pass over it. The
+        dynamic executor hands each output over for good, so torch may keep the buffer itself."""
         t = torch.from_dlpack(out.as_tensor())
-        x = t.permute(0, 3, 1, 2) if c.channels_last else t  # NHWC viewed as NCHW is channels_last
-        return x.to(c.dtype)
+        return t.permute(0, 3, 1, 2) if self.cfg.channels_last else t  # NHWC viewed as NCHW is channels_last
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         c = self.cfg

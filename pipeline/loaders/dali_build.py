@@ -254,11 +254,6 @@ def _is_elf(path: Path) -> bool:
         return False
 
 
-def loaded_plugin() -> Optional[Path]:
-    """The library this process has loaded, if any."""
-    return _loaded
-
-
 def load_plugin(path: Optional[str | Path] = None) -> Path:
     """Load (building first if needed) the plugin and check its CPU operator; returns the library's path.
 
@@ -357,4 +352,4 @@ def _self_check(device_id: Optional[int]) -> None:
 
 
 __all__ = ["BuildResult", "FN_NAME", "OP_NAME", "PluginUnavailable", "build_plugin", "cache_root",
-           "find_cuda_home", "load_plugin", "loaded_plugin", "require_gpu_operator", "source_hash"]
+           "find_cuda_home", "load_plugin", "require_gpu_operator", "source_hash"]

@@ -10,7 +10,7 @@ Pipelines (`augment_on="cpu"`, the default off CUDA; all numba, `num_workers` th
 (plus ToTensor -> ToDevice when the target is not the CPU), then one copy into NCHW of the
 requested dtype and memory format (a permute is all channels_last needs). The
 copy is not optional: FFCV recycles its output buffers a few batches later.
-For float32 on the CPU it is a single-threaded NumPy copy, because a torch copy
+Another dtype's cast is that copy; for float32 on the CPU it is a single-threaded NumPy copy, because a torch copy
 wakes torch's thread pool on every batch to fight FFCV's numba threads for the
 cores (4-6x slower end to end on this 2-core machine). FFCV's own
 `NormalizeImage` is used where it has exactly the meaning (uint8 -> normalised
@@ -20,19 +20,20 @@ FFCV's random transforms cannot be seeded per epoch.
 `augment_on="device"` (the default on CUDA): the image pipeline stops after
 TranslateFlip -> ToTensor -> ToDevice, and the jitter + normalisation run on
 the device as batched torch ops (augment/batched.py), with the alphas the CPU
-op would have drawn (same hash, or the explicit table). It also runs on the
-CPU, which is how it is tested without a GPU.
+op would read from the same table. It also runs on the CPU, which is how it is
+tested without a GPU.
 
 Order and epochs: FFCV's own orders would repeat samples across ranks (see
 ffcv_ops/order.py), so FFCV visits the shared epoch order (BaseLoader.order).
 One FFCV Loader is built, and compiled, per FfcvLoader; each epoch sets FFCV's
-epoch counter and the epoch key that the compiled ops read, and nothing is
-recompiled. One epoch runs at a time: starting an iteration closes any earlier
-one still running.
+epoch counter and refills the parameter tables that the compiled ops read
+(ffcv_ops/runtime.py), and nothing is recompiled. One epoch runs at a time:
+starting an iteration closes any earlier one still running.
 
-Randomness: every parameter is a hash of (seed, epoch, split position)
-(ffcv_ops/hashrng.py): identical (seed, epoch) give identical batches whatever
-the thread count, and an image's augmentation does not depend on the sharding.
+Randomness: the parameters are the epoch's table (BaseLoader.epoch_params,
+drawn from (seed, epoch) alone), indexed by split position: identical (seed,
+epoch) give identical batches whatever the thread count, and an image's
+augmentation does not depend on the sharding.
 """
 
 from __future__ import annotations
@@ -44,28 +45,27 @@ import numpy as np
 import torch
 
 from ..augment import CROP, normalise_affine, pca_matrix
-from ..augment.batched import Normaliser, jitter_normalise, to_layout
-from ..beton import beton_path, ffcv_available
+from ..augment.batched import Normaliser, jitter_normalise
+from ..beton import FFCV_INSTALL, beton_path, ffcv_available
+from ..device import to_device
 from ..errors import DataError
 from ..fileformat import Split
-from .base import BaseLoader, LoaderConfig, to_device
+from .base import BaseLoader, LoaderConfig
 
 AUGMENT_ON = ("auto", "cpu", "device")
-FFCV_MISSING = ("the ffcv backend needs FFCV, which is not importable here: apt-get install pkg-config "
-                "libopencv-dev libturbojpeg0-dev && pip install 'alexpipe[ffcv]', then run `alexpipe convert` "
-                "again to write the .beton files")
 
 
 def check_beton(path: Path, split: Split) -> None:
     """Fail with one actionable line unless `path` is a readable .beton holding exactly `split`.
 
-    The backend relies on beton sample i being split position i (labels,
-    explicit parameters and `with_index` are all looked up by it), so a stale
-    copy must not load silently. Labels are compared in full; pixels are not
+    The backend relies on beton sample i being split position i (labels and
+    augmentation parameters are looked up by it), so a stale copy must not
+    load silently. Labels are compared in full; pixels are not
     (that would read the whole file).
     """
     if not ffcv_available():
-        raise DataError(FFCV_MISSING)
+        raise DataError(f"the ffcv backend needs FFCV, which is not importable here: {FFCV_INSTALL}, then run "
+                        "`alexpipe convert` again to write the .beton files")
     if not path.exists():
         raise DataError(f"{path}: no such file; the ffcv backend reads the FFCV .beton files that `alexpipe "
                         f"convert` writes when FFCV is installed (this folder was converted without them, e.g. "
@@ -93,8 +93,6 @@ def check_beton(path: Path, split: Split) -> None:
 class FfcvLoader(BaseLoader):
     """See the module docstring; `augment_on` chooses where steps 3-4 run: "cpu" (numba), "device" (torch)."""
 
-    backend = "ffcv"
-
     def __init__(self, cfg: LoaderConfig, split: Optional[Split] = None, augment_on: str = "auto"):
         super().__init__(cfg, split)
         if augment_on not in AUGMENT_ON:
@@ -109,7 +107,7 @@ class FfcvLoader(BaseLoader):
         from . import ffcv_ops
 
         self._ops = ffcv_ops
-        self.key = ffcv_ops.EpochKey()
+        self.tables = ffcv_ops.ParamTables(len(self.split))
         self.norm = Normaliser(self.split.meta.stats, cfg.pca, cfg.device) if self.on_device else None
         # numba refuses more threads than it started with (its default: the CPU count)
         self.threads = max(1, min(cfg.num_workers, numba.config.NUMBA_NUM_THREADS))
@@ -128,15 +126,12 @@ class FfcvLoader(BaseLoader):
         c, ops, stats = self.cfg, self._ops, self.split.meta.stats
         pipeline = [SimpleRGBImageDecoder()]
         if c.augment:
-            geometry = ops.explicit_geometry(c.params) if c.params is not None else None
-            pipeline.append(ops.TranslateFlip(self.key, geometry))
+            pipeline.append(ops.TranslateFlip(self.tables.geometry))
         if self.on_device:
             return pipeline + [ToTensor(), ToDevice(c.device, non_blocking=True)]
         if c.jitter:
-            alphas = ops.HostArray(np.asarray(c.params.alpha, np.float32)) if c.params is not None else None
             scale, shift = normalise_affine(stats)
-            pipeline.append(ops.PCAJitterNormalise(pca_matrix(stats, c.pca), c.pca_sigma, scale, shift, self.key,
-                                                   alphas))
+            pipeline.append(ops.PCAJitterNormalise(pca_matrix(stats, c.pca), scale, shift, self.tables.alpha))
         else:
             pipeline.append(NormalizeImage(np.asarray(stats.mean, np.float64), np.asarray(stats.std, np.float64),
                                            np.float32))
@@ -146,8 +141,9 @@ class FfcvLoader(BaseLoader):
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         c = self.cfg
-        self._stop(self._live)
-        self.key.set(c.seed, self.epoch)
+        self._stop(self._live)  # no FFCV thread may read the tables while they are refilled
+        if c.augment:
+            self.tables.fill(self.epoch_params())
         self._ffcv.next_epoch = self.epoch  # FFCV asks its traversal order for this epoch
         epoch_iter = self._live = iter(self._ffcv)
         try:
@@ -158,37 +154,31 @@ class FfcvLoader(BaseLoader):
             self._stop(epoch_iter)
 
     def _finish(self, images, k: int) -> torch.Tensor:
-        """FFCV's NHWC output (a NumPy buffer on the CPU path, else a torch tensor) -> a fresh NCHW tensor of
-        the requested dtype and layout."""
+        """FFCV's NHWC output (a NumPy buffer on the CPU path, else a torch tensor) -> NCHW images that are not
+        FFCV's buffer, which it recycles a few batches later (`_emit` casts; for float32 that is no copy)."""
         c = self.cfg
         if isinstance(images, np.ndarray):
-            if c.dtype == torch.float32:
-                # a single-threaded NumPy copy: a torch copy would wake torch's thread pool on every batch,
-                # competing for the cores with FFCV's numba threads (several times slower on 2 cores)
-                if c.channels_last:
-                    return torch.from_numpy(images.copy()).permute(0, 3, 1, 2)
-                return torch.from_numpy(images.transpose(0, 3, 1, 2).copy(order="C"))
-            images = torch.from_numpy(images)
+            if c.dtype != torch.float32:
+                return torch.from_numpy(images).permute(0, 3, 1, 2)  # the cast to c.dtype is the copy
+            # a single-threaded NumPy copy: a torch copy would wake torch's thread pool on every batch,
+            # competing for the cores with FFCV's numba threads (several times slower on 2 cores)
+            if c.channels_last:
+                return torch.from_numpy(images.copy()).permute(0, 3, 1, 2)
+            return torch.from_numpy(images.transpose(0, 3, 1, 2).copy(order="C"))
         x = images.permute(0, 3, 1, 2)
         if not self.on_device:
-            fmt = torch.channels_last if c.channels_last else torch.contiguous_format
-            return x.to(dtype=c.dtype, memory_format=fmt, copy=True)
-        alpha = self._alphas(k) if c.jitter else None
-        return to_layout(jitter_normalise(x, alpha, self.norm), c.dtype, c.channels_last)
+            return x.clone() if c.dtype == torch.float32 else x
+        return jitter_normalise(x, self._alphas(k) if c.jitter else None, self.norm)
 
     def _alphas(self, k: int) -> torch.Tensor:
-        """Batch k's alphas for the device tail: exactly what PCAJitterNormalise would use, sent asynchronously."""
+        """Batch k's alphas for the device tail (those PCAJitterNormalise would read), sent asynchronously."""
         c = self.cfg
         index = self.order()[k * c.batch_size:(k + 1) * c.batch_size]
-        if c.params is not None:
-            a = np.asarray(c.params.alpha, np.float32)[index]
-        else:
-            a = self._ops.hashrng.sample_params(self.key.value, index, c.pca_sigma)[3]
-        return to_device(torch.from_numpy(np.ascontiguousarray(a)), c.device)
+        return to_device(torch.from_numpy(self.tables.alpha.array[index]), c.device)
 
     def _stop(self, epoch_iter) -> None:
         """Close an FFCV epoch iterator and wait for its thread: its batches are no longer wanted, and the
-        next epoch's kernels read the epoch key it would otherwise still be using."""
+        next epoch's tables must not change under it."""
         if epoch_iter is None:
             return
         epoch_iter.close()

@@ -2,9 +2,9 @@
 
 uint8 in, float32 out, so the jittered pixel is never rounded through uint8;
 normalisation is fused in because the clamped float would otherwise need a
-second float32 pass (FFCV's NormalizeImage only reads uint8). Alpha comes from
-the counter-based hash of (epoch key, split position), or, under the test
-hook, from a table of explicit alphas indexed by split position.
+second float32 pass (FFCV's NormalizeImage only reads uint8). Each sample's
+alpha comes from the epoch's parameter table (runtime.ParamTables), indexed
+by split position.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
 
-from .hashrng import alpha
-from .runtime import EpochKey, HostArray, float32_rows, uint64_at
+from .runtime import HostArray, float32_rows
 
 
 @numba.njit(cache=True)
-def jitter_normalise_image(src, dst, matrix, a0, a1, a2, scale, shift):
+def jitter_normalise_image(src, dst, matrix, alpha, scale, shift):
     """dst = clamp(src + M @ alpha, 0, 255) * scale + shift per channel (RGB), float32; delta in float64."""
+    a0, a1, a2 = np.float64(alpha[0]), np.float64(alpha[1]), np.float64(alpha[2])
     d0 = np.float32(matrix[0, 0] * a0 + matrix[0, 1] * a1 + matrix[0, 2] * a2)
     d1 = np.float32(matrix[1, 0] * a0 + matrix[1, 1] * a1 + matrix[1, 2] * a2)
     d2 = np.float32(matrix[2, 0] * a0 + matrix[2, 1] * a1 + matrix[2, 2] * a2)
@@ -41,20 +41,17 @@ def jitter_normalise_image(src, dst, matrix, a0, a1, a2, scale, shift):
 class PCAJitterNormalise(Operation):
     """uint8 (H, W, 3) HWC -> float32 (H, W, 3) HWC: jittered by M @ alpha, clamped, normalised.
 
-    matrix: M = V diag(s) (augment.pca_matrix); sigma: alpha's standard
-    deviation; scale/shift: the normalisation affine (augment.normalise_affine);
-    explicit: (N, 3) float32 alphas replacing the random draws (test hook).
+    matrix: M = V diag(s) (augment.pca_matrix); scale/shift: the normalisation
+    affine (augment.normalise_affine); alphas: the (N, 3) float32 table of
+    alpha per split position.
     """
 
-    def __init__(self, matrix: np.ndarray, sigma: float, scale: np.ndarray, shift: np.ndarray, key: EpochKey,
-                 explicit: Optional[HostArray] = None):
+    def __init__(self, matrix: np.ndarray, scale: np.ndarray, shift: np.ndarray, alphas: HostArray):
         super().__init__()
         self.matrix = np.asarray(matrix, np.float64).reshape(3, 3)
-        self.sigma = float(sigma)
         self.scale = np.asarray(scale, np.float32).reshape(3)
         self.shift = np.asarray(shift, np.float32).reshape(3)
-        self.key = key
-        self.explicit = explicit
+        self.alphas = alphas
 
     def declare_state_and_memory(self, previous_state: State) -> Tuple[State, Optional[AllocationQuery]]:
         if len(previous_state.shape) != 3 or previous_state.shape[2] != 3 or previous_state.dtype != np.uint8:
@@ -65,27 +62,14 @@ class PCAJitterNormalise(Operation):
 
     def generate_code(self) -> Callable:
         my_range = Compiler.get_iterator()
-        matrix, scale, shift, sigma = self.matrix, self.scale, self.shift, self.sigma
-        key_address = self.key.address
-        if self.explicit is not None:
-            table_address, rows = self.explicit.address, self.explicit.rows
+        matrix, scale, shift = self.matrix, self.scale, self.shift
+        address, rows = self.alphas.address, self.alphas.rows
 
-            def pca_jitter(images, dst, indices):
-                table = float32_rows(table_address, rows, 3)
-                for i in my_range(len(indices)):
-                    j = indices[i]
-                    jitter_normalise_image(images[i], dst[i], matrix, np.float64(table[j, 0]),
-                                           np.float64(table[j, 1]), np.float64(table[j, 2]), scale, shift)
-                return dst[:len(indices)]
-        else:
-            def pca_jitter(images, dst, indices):
-                key = uint64_at(key_address)
-                for i in my_range(len(indices)):
-                    a0, a1, a2 = alpha(key, indices[i], sigma)
-                    # rounded to float32 like every AugParams alpha, so the torch tail (GPU) sees the same values
-                    jitter_normalise_image(images[i], dst[i], matrix, np.float64(np.float32(a0)),
-                                           np.float64(np.float32(a1)), np.float64(np.float32(a2)), scale, shift)
-                return dst[:len(indices)]
+        def pca_jitter(images, dst, indices):
+            table = float32_rows(address, rows, 3)
+            for i in my_range(len(indices)):
+                jitter_normalise_image(images[i], dst[i], matrix, table[indices[i]], scale, shift)
+            return dst[:len(indices)]
 
         pca_jitter.is_parallel = True
         pca_jitter.with_indices = True

@@ -1,14 +1,14 @@
-"""Host arrays that FFCV-compiled code reads at call time.
+"""The epoch's parameter tables, as host arrays that FFCV-compiled code reads at call time.
 
 FFCV compiles each Operation's code once per Loader, and numba freezes every
-NumPy array a compiled function closes over into a constant copy. Per-epoch
-state (the epoch's random key) and large tables (the test hook's explicit
-parameters: tens of thousands of rows, too big to bake into compiled code) must
-therefore reach the kernels another way. The code closes over an array's
-*address* (a plain integer constant) and views the live memory through it, with
-the same int-to-pointer cast FFCV's own readers use. The Python object that owns
-the array must outlive the Loader that runs the code: the Operations holding a
-`HostArray` are owned by that Loader's pipelines, so it does.
+NumPy array a compiled function closes over into a constant copy. The
+parameters change every epoch and fill tens of thousands of rows, too many to
+bake into compiled code, so the code closes over each table's *address* (a
+plain integer constant) and views the live memory through it, with the same
+int-to-pointer cast FFCV's own readers use. The tables are allocated once, for
+the whole split, and refilled in place between epochs, while no FFCV thread
+runs; the Python object that owns them (the loader) outlives the FFCV Loader
+that runs the code.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import numba
 import numpy as np
 from ffcv.utils import cast_int_to_byte_ptr
 
-from ..base import mix_seed
+from ...augment import AugParams
 
 
 class HostArray:
-    """A C-contiguous NumPy array plus what compiled code needs to view it: address and size."""
+    """A C-contiguous NumPy array plus what compiled code needs to view it: address and rows."""
 
     def __init__(self, array: np.ndarray):
         self.array = np.ascontiguousarray(array)
@@ -35,32 +35,22 @@ class HostArray:
         return int(self.array.shape[0])
 
 
-class EpochKey(HostArray):
-    """The 64-bit key of the current (seed, epoch), read by the kernels at every batch.
+class ParamTables:
+    """One epoch's parameters for every split position: (dx, dy, flip) as int64 rows, alpha as float32 rows."""
 
-    Set before an epoch's iterator starts (the thread start orders the write
-    before the kernels' reads); the loader runs one epoch at a time.
-    """
+    def __init__(self, n: int):
+        self.geometry = HostArray(np.zeros((n, 3), np.int64))
+        self.alpha = HostArray(np.zeros((n, 3), np.float32))
 
-    def __init__(self) -> None:
-        super().__init__(np.zeros(1, np.uint64))
-
-    def set(self, seed: int, epoch: int) -> None:
-        self.array[0] = np.uint64(mix_seed(seed, epoch))
-
-    @property
-    def value(self) -> np.uint64:
-        return self.array[0]
+    def fill(self, p: AugParams) -> None:
+        """Overwrite the tables in place (their addresses are compiled into the operations)."""
+        g = self.geometry.array
+        g[:, 0], g[:, 1], g[:, 2] = p.dx, p.dy, p.flip
+        self.alpha.array[:] = p.alpha
 
 
 # Explicit signatures: the callers pass addresses as compile-time constants, and numba would otherwise
 # compile (and cache on disk) one specialisation per literal address.
-@numba.njit("uint64(uintp)", cache=True)
-def uint64_at(address):
-    """The uint64 stored at `address`."""
-    return numba.carray(cast_int_to_byte_ptr(address), 8).view(np.uint64)[0]
-
-
 @numba.njit("int64[:, ::1](uintp, intp, intp)", cache=True)
 def int64_rows(address, rows, cols):
     """A (rows, cols) int64 view of the host array at `address`."""

@@ -3,10 +3,9 @@
 FFCV's RandomTranslate + RandomHorizontalFlip have this meaning (zero fill,
 offsets uniform on 0..2*pad, flip with probability 1/2) but draw from numba's
 unseeded per-thread generator, so they are not reproducible from (seed, epoch).
-This op takes its parameters from the counter-based hash (hashrng.py) of the
-epoch key and the sample's split position, or, under the test hook, from a
-table of explicit parameters indexed by split position. It does both steps in
-one gather straight from the unpadded image, with no padded copy.
+This op reads each sample's (dx, dy, flip) from the epoch's parameter table
+(runtime.ParamTables), indexed by split position, and does both steps in one
+gather straight from the unpadded image, with no padded copy.
 """
 
 from __future__ import annotations
@@ -21,9 +20,8 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
 
-from ...augment import CROP, PAD, AugParams
-from .hashrng import geometry
-from .runtime import EpochKey, HostArray, int64_rows, uint64_at
+from ...augment import CROP, PAD
+from .runtime import HostArray, int64_rows
 
 
 @numba.njit(cache=True)
@@ -43,22 +41,15 @@ def translate_flip_image(src, dst, dx, dy, flip):
                     dst[y, x, k] = 0
 
 
-def explicit_geometry(params: AugParams) -> HostArray:
-    """The test hook's (dx, dy, flip) as one (N, 3) int64 table, indexed by split position."""
-    return HostArray(np.stack([params.dx, params.dy, params.flip], axis=1).astype(np.int64))
-
-
 class TranslateFlip(Operation):
     """uint8 (CROP, CROP, 3) HWC -> uint8 (CROP, CROP, 3): translated and maybe mirrored.
 
-    `key` gives the epoch's random key; `explicit` (from `explicit_geometry`)
-    replaces the random draws with given parameters.
+    `geometry`: the (N, 3) int64 table of (dx, dy, flip) per split position.
     """
 
-    def __init__(self, key: EpochKey, explicit: Optional[HostArray] = None):
+    def __init__(self, geometry: HostArray):
         super().__init__()
-        self.key = key
-        self.explicit = explicit
+        self.geometry = geometry
 
     def declare_state_and_memory(self, previous_state: State) -> Tuple[State, Optional[AllocationQuery]]:
         if tuple(previous_state.shape) != (CROP, CROP, 3):
@@ -68,23 +59,14 @@ class TranslateFlip(Operation):
 
     def generate_code(self) -> Callable:
         my_range = Compiler.get_iterator()
-        key_address = self.key.address
-        if self.explicit is not None:
-            table_address, rows = self.explicit.address, self.explicit.rows
+        address, rows = self.geometry.address, self.geometry.rows
 
-            def translate_flip(images, dst, indices):
-                table = int64_rows(table_address, rows, 3)
-                for i in my_range(len(indices)):
-                    j = indices[i]
-                    translate_flip_image(images[i], dst[i], table[j, 0], table[j, 1], table[j, 2] != 0)
-                return dst[:len(indices)]
-        else:
-            def translate_flip(images, dst, indices):
-                key = uint64_at(key_address)
-                for i in my_range(len(indices)):
-                    dx, dy, flip = geometry(key, indices[i])
-                    translate_flip_image(images[i], dst[i], dx, dy, flip)
-                return dst[:len(indices)]
+        def translate_flip(images, dst, indices):
+            table = int64_rows(address, rows, 3)
+            for i in my_range(len(indices)):
+                j = indices[i]
+                translate_flip_image(images[i], dst[i], table[j, 0], table[j, 1], table[j, 2] != 0)
+            return dst[:len(indices)]
 
         translate_flip.is_parallel = True
         translate_flip.with_indices = True

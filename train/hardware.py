@@ -1,0 +1,49 @@
+"""Which device, autocast dtype and compiler mode a run uses: the choices, and how "auto" resolves them.
+
+Light to import (torch only inside the functions): the command line lists these choices in --help.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
+
+def resolve_device(name: str, local_rank: int = 0) -> "torch.device":
+    """auto: the GPU of this process (`local_rank`) when CUDA is there, else the CPU. ValueError, one line,
+    for an unknown name or a GPU that is not there."""
+    import torch
+
+    if name not in DEVICES:
+        raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def resolve_amp(amp: str, device: "torch.device") -> "Optional[torch.dtype]":
+    """The autocast dtype (None: float32 throughout).
+
+    auto: bf16 where the hardware does it natively (Ampere and newer GPUs,
+    CPUs with AVX512-BF16 or AMX); on other GPUs fp16, with a gradient scaler,
+    since a T4 or a V100 only emulates bf16 (torch.cuda.is_bf16_supported()
+    says True there unless asked about native support); float32 on other CPUs,
+    where emulated bf16 is many times slower than float32.
+    """
+    import torch
+
+    if amp not in AMP_MODES:
+        raise ValueError(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    if amp != "auto":
+        return {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}[amp]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
