@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def torchrun(nproc: int, *args, probe: Path | None = None) -> subprocess.CompletedProcess:
-    """`alexpipe train` under torchrun; with `probe`, through tests/ddp_probe.py, which logs each rank's batches."""
-    program = [str(ROOT / "tests" / "ddp_probe.py")] if probe else ["-m", "alexpipe"]
+    """`alexpipe train` under torchrun; with `probe`, through tests/probe.py, which logs each rank's batches."""
+    program = [str(ROOT / "tests" / "probe.py")] if probe else ["-m", "alexpipe"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            *program, "train", *map(str, args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **({"PROBE_LOG": str(probe)} if probe else {})}

@@ -130,7 +130,8 @@ def _trained_optimizer(channels_last: bool):
 def test_resume_into_another_memory_format_keeps_the_optimiser_exact(saved_channels_last, tmp_path):
     model, opt = _trained_optimizer(saved_channels_last)
     path = tmp_path / "c.pt"
-    checkpoint.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict()}, path)
+    checkpoint.save_atomic({"epoch": 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "recipe": get_recipe("blog").to_dict(), "classes": []}, path)
     saved = checkpoint.load(path)
 
     def resumed(fused: bool):

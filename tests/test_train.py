@@ -178,7 +178,7 @@ def test_ctrl_c_exits_cleanly_with_a_resumable_checkpoint(real_data, tmp_path):
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 1 and "--resume" in " ".join(output.split()) and "Traceback" not in output
+    assert proc.returncode == 130 and "--resume" in " ".join(output.split()) and "Traceback" not in output
     assert checkpoint.load(out / "last.pt")["epoch"] >= 1
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 

@@ -101,10 +101,15 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         raise ValueError(f"{path}: no such checkpoint")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle errors, truncated zip, refused globals: all one message
-        raise ValueError(f"{path}: not a readable alexpipe checkpoint ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # pickle errors, truncated zip, refused globals: all one line
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+        raise ValueError(f"{path}: not a readable alexpipe checkpoint ({type(exc).__name__}: {first[:200]})") \
+            from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: not an alexpipe checkpoint")
     if ckpt.get("version") != VERSION:
         raise ValueError(f"{path}: checkpoint version {ckpt.get('version')} is not {VERSION}")
+    missing = [k for k in ("epoch", "model", "recipe", "classes") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: not a complete alexpipe checkpoint (no {', '.join(missing)})")
     return ckpt

@@ -8,6 +8,7 @@ answers at once.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -160,21 +161,30 @@ def _run(data: Path, out: Path, recipe: Recipe, options: dict) -> None:
     """fit() with every failure a user can cause as one line (exit 2 for a diverged loss, else 1)."""
     from alexpipe.pipeline import DataError
 
-    from .errors import NonFiniteLoss, TrainingError
+    from .errors import TrainingError
     from .run import RunOptions, fit
 
     try:
         fit(RunOptions(data=data, out=out, recipe=recipe, **options))
     except (TrainingError, DataError, ValueError) as exc:
-        fail(str(exc), 2 if isinstance(exc, NonFiniteLoss) else 1)
+        fail(str(exc), getattr(exc, "exit_code", 1))
 
 
 def _saved_run(out: Path) -> tuple[Recipe, dict]:
+    """The recipe and options of the run in `out`, from its config.json; ValueError, one line, naming the file."""
     cfg = out / "config.json"
     if not (out / "last.pt").exists() or not cfg.exists():
         raise ValueError(f"{out} holds no run to resume (no last.pt); start one without --resume")
-    saved = json.loads(cfg.read_text())
-    return Recipe.from_dict(saved["recipe"]), saved
+    try:
+        saved = json.loads(cfg.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{cfg}: not valid JSON ({exc})") from None
+    try:
+        if not isinstance(saved, dict) or "recipe" not in saved:
+            raise ValueError("no recipe in it")
+        return Recipe.from_dict(saved["recipe"]), saved
+    except ValueError as exc:
+        raise ValueError(f"{cfg}: not the config.json of an alexpipe run ({exc})") from None
 
 
 def evaluate_cmd(
@@ -195,6 +205,8 @@ def evaluate_cmd(
     from .errors import TrainingError
 
     split, loader, device, amp = (_plain(v) for v in (split, loader, device, amp))
+    if json_out is not None:  # before an evaluation that may take a minute, not after it
+        _check_writable(json_out)
     try:
         res, classes, epoch = _evaluate(checkpoint_path, data, split, loader, batch_size, tta_flip, device, amp)
     except (TrainingError, DataError, ValueError) as exc:
@@ -206,9 +218,10 @@ def evaluate_cmd(
     out.print(confusion_table(classes, conf, per_class))
     out.print(f"top-1 {100 * res['top1']:.2f}%   top-5 {100 * res['top5']:.2f}%   loss {res['loss']:.4f}")
     if json_out:
-        json_out.write_text(json.dumps({"checkpoint": str(checkpoint_path), "split": split, **res,
-                                        "per_class_acc": dict(zip(classes, per_class)), "classes": classes},
-                                       indent=2) + "\n")
+        from .metrics import write_json
+
+        write_json(json_out, {"checkpoint": str(checkpoint_path), "split": split, **res,
+                              "per_class_acc": dict(zip(classes, per_class)), "classes": classes})
 
 
 def _evaluate(checkpoint_path: Path, data: Path, split: str, loader: str, batch_size: int,
@@ -216,7 +229,7 @@ def _evaluate(checkpoint_path: Path, data: Path, split: str, loader: str, batch_
     import torch
 
     from alexpipe.model import build_model
-    from alexpipe.pipeline import load_split, make_loader
+    from alexpipe.pipeline import load_split, make_loader, verify_dataset
 
     from . import checkpoint
     from .hardware import resolve_amp, resolve_device
@@ -224,17 +237,39 @@ def _evaluate(checkpoint_path: Path, data: Path, split: str, loader: str, batch_
     from .loop import evaluate
 
     ckpt = checkpoint.load(checkpoint_path)
-    r = Recipe.from_dict(ckpt["recipe"])
+    try:
+        r = Recipe.from_dict(ckpt["recipe"])
+    except ValueError as exc:
+        raise ValueError(f"{checkpoint_path}: {exc}") from None
     dev = resolve_device(device)
     amp_dtype = resolve_amp(amp, dev)
-    classes = list(ckpt.get("classes") or load_split(data, split).meta.classes)
+    verify_dataset(data, [split])  # labels in range, content as recorded: before a number is reported
+    meta = load_split(data, split).meta
+    classes = list(ckpt["classes"])
+    if classes != list(meta.classes):
+        raise ValueError(f"{checkpoint_path} was trained on the classes {classes}, {data} holds {list(meta.classes)}")
     net = build_model(r.model, num_classes=len(classes), dropout=r.dropout).to(dev)
-    net.load_state_dict(ckpt["model"])
-    net = feed(net, r.inputs, load_split(data, split).meta.stats.std)
+    try:
+        net.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:  # missing, unexpected or differently shaped weights
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{checkpoint_path}: its weights do not fit the {r.model} network ({first})") from None
+    net = feed(net, r.inputs, meta.stats.std)
     ld = make_loader(data, split, loader, device=dev, batch_size=batch_size, augment=False,
                      dtype=amp_dtype or torch.float32, channels_last=dev.type == "cuda")
     return evaluate(net, ld, amp_dtype, r.tta_flip if tta_flip is None else tta_flip, len(classes)), classes, \
         ckpt["epoch"]
+
+
+def _check_writable(path: Path) -> None:
+    """`path` can be written as a file: fail with one line now if not."""
+    if path.is_dir():
+        fail(f"--json {path} is a folder, not a file")
+    parent = path.parent
+    if not parent.is_dir():
+        fail(f"--json {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        fail(f"--json {path}: the folder {parent} is not writable")
 
 
 def confusion_table(classes: list[str], conf: list[list[int]], per_class: list[float]):

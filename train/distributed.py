@@ -76,10 +76,10 @@ def sum_int(value: int, world: World, device: torch.device) -> int:
     return int(t.item())
 
 
-def any_flag(flag: bool, world: World, device: torch.device) -> bool:
-    """True on every rank if it is true on any (e.g. 'a Ctrl-C arrived: stop at this step')."""
+def max_int(value: int, world: World, device: torch.device) -> int:
+    """The largest of every rank's `value`, on every rank (e.g. 'a signal arrived on some rank: stop here')."""
     if not world.distributed:
-        return flag
-    t = torch.tensor([int(flag)], device=device)
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return int(t.item())

@@ -1,8 +1,10 @@
-"""Ctrl-C that never lands in the middle of a checkpoint write.
+"""Ctrl-C and SIGTERM that never land in the middle of a checkpoint write.
 
-The first SIGINT only raises a flag; the loop checks it between steps and
-stops there, after which nothing half-written can exist. A second SIGINT
-interrupts at once, for a user who really means it.
+The first SIGINT or SIGTERM only raises a flag; the loop checks it between
+steps and stops there, after which nothing half-written can exist (a
+checkpoint being written is finished first). A second signal interrupts at
+once, for a user (or a scheduler) who really means it: a checkpoint write it
+cuts short removes its temporary file, and the previous checkpoint stays.
 """
 
 from __future__ import annotations
@@ -12,31 +14,39 @@ import threading
 from types import FrameType
 from typing import Optional
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 class Interrupted(Exception):
-    """Raised by the loop at a step boundary after a Ctrl-C."""
+    """Raised by the loop at a step boundary after a signal; `signum` says which."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class GracefulInterrupt:
+    """While active (the main thread only), SIGINT and SIGTERM set `requested` (the signal's number)."""
+
     def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
+        self.requested: Optional[int] = None
+        self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+        if self.requested is not None:
+            raise KeyboardInterrupt  # the second signal: stop now
+        self.requested = signum
 
     def __enter__(self) -> "GracefulInterrupt":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
 
     def check(self) -> None:
-        if self.requested:
-            raise Interrupted
+        if self.requested is not None:
+            raise Interrupted(self.requested)

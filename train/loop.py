@@ -71,9 +71,10 @@ def train_epoch(ctx: EpochContext, net: torch.nn.Module, loader, epoch: int) -> 
 def _progress(ctx: EpochContext, meter: EpochMeter, epoch: int, step: int,
               logged: tuple[int, float]) -> tuple[int, float]:
     """The progress line: the one place a training epoch reads values back from the device."""
-    if ctx.stop is not None and ctx.world.distributed and distributed.any_flag(ctx.stop.requested, ctx.world,
-                                                                                ctx.device):
-        raise Interrupted
+    if ctx.stop is not None and ctx.world.distributed:
+        signum = distributed.max_int(ctx.stop.requested or 0, ctx.world, ctx.device)
+        if signum:  # every rank stops at this same step
+            raise Interrupted(signum)
     loss_sum, correct, count = meter.read()
     if not math.isfinite(loss_sum):
         raise NonFiniteLoss(f"the loss became non-finite in epoch {epoch} (step {step})")

@@ -16,11 +16,13 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> N
     """Write the two-panel PNG atomically."""
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    has_val = all(h["val_acc"] is not None for h in history)  # a folder converted with --val-size 0 has none
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", ms=3, label="train")
-    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", ms=3, label="val")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax_acc.plot(epochs, [100 * h["train_acc"] for h in history], "o-", ms=3, label="train")
-    ax_acc.plot(epochs, [100 * h["val_acc"] for h in history], "o-", ms=3, label="val")
+    if has_val:
+        ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", ms=3, label="val")
+        ax_acc.plot(epochs, [100 * h["val_acc"] for h in history], "o-", ms=3, label="val")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

@@ -51,15 +51,38 @@ class Recipe:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Recipe":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
+    def from_dict(cls, d: Any) -> "Recipe":
+        """A recipe from its `to_dict` form (config.json, a checkpoint): ValueError naming the first field that is
+        unknown or of the wrong type, since these files may have been edited by hand."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a recipe must be a JSON object, got {type(d).__name__}")
+        fields = {f.name: f.default for f in dataclasses.fields(cls)}
+        unknown = set(d) - set(fields)
         if unknown:
             raise ValueError(f"unknown recipe fields: {', '.join(sorted(unknown))}")
-        d = dict(d)
-        if "step_epochs" in d:
-            d["step_epochs"] = tuple(d["step_epochs"])
-        return cls(**d)
+        return cls(**{k: _typed(k, v, fields[k]) for k, v in d.items()})
+
+
+def _typed(name: str, value: Any, default: Any) -> Any:
+    """`value` as the type of the field's default (ints are floats where a float is due); ValueError if not."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if name == "clip_grad_norm":
+        ok, value = value is None or number, None if value is None else value
+    elif isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = number and float(value).is_integer()
+        value = int(value) if ok else value
+    elif isinstance(default, float):
+        ok = number
+    elif isinstance(default, tuple):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        value = tuple(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ValueError(f"recipe field {name!r} has the wrong type: {value!r}")
+    return float(value) if isinstance(default, float) and name != "clip_grad_norm" else value
 
 
 SCHEDULES = ("step", "plateau", "onecycle")
@@ -89,24 +112,32 @@ def get_recipe(name: str) -> Recipe:
 
 
 def validate(r: Recipe) -> None:
-    """Raise ValueError with one clear sentence for an unusable combination."""
+    """Raise ValueError with one clear sentence, naming the option, for an unusable recipe."""
     from alexpipe.model import INIT_SCHEMES, MODEL_NAMES
     from alexpipe.pipeline.augment import PCA_VARIANTS
     from alexpipe.pipeline.loaders import BACKENDS
 
+    def one_of(flag: str, value: str, choices) -> tuple[bool, str]:
+        return value in choices, f"--{flag} must be one of {', '.join(choices)}, got {value!r}"
+
     checks = [
-        (r.epochs >= 1, f"epochs must be at least 1, got {r.epochs}"),
-        (r.batch_size >= 1, f"batch size must be positive, got {r.batch_size}"),
-        (r.lr > 0, f"lr must be positive, got {r.lr}"),
-        (r.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {r.schedule!r}"),
-        (r.init in INIT_SCHEMES, f"init must be one of {', '.join(INIT_SCHEMES)}, got {r.init!r}"),
-        (r.inputs in INPUTS, f"inputs must be one of {', '.join(INPUTS)}, got {r.inputs!r}"),
-        (r.pca in PCA_VARIANTS, f"pca must be one of {', '.join(PCA_VARIANTS)}, got {r.pca!r}"),
-        (r.loader in BACKENDS, f"loader must be one of {', '.join(BACKENDS)}, got {r.loader!r}"),
-        (r.model in MODEL_NAMES, f"model must be one of {', '.join(MODEL_NAMES)}, got {r.model!r}"),
-        (r.clip_grad_norm is None or r.clip_grad_norm > 0, "clip-grad-norm must be positive (or none)"),
-        (0 <= r.label_smoothing < 1, "label smoothing must lie in [0, 1)"),
-        (0 <= r.dropout < 1, "dropout must lie in [0, 1)"),
+        (r.epochs >= 1, f"--epochs must be at least 1, got {r.epochs}"),
+        (r.batch_size >= 1, f"--batch-size must be positive, got {r.batch_size}"),
+        (r.lr > 0, f"--lr must be positive, got {r.lr}"),
+        (0 <= r.momentum < 1, f"--momentum must lie in [0, 1), got {r.momentum}"),
+        (r.weight_decay >= 0, f"--weight-decay must not be negative, got {r.weight_decay}"),
+        one_of("schedule", r.schedule, SCHEDULES), one_of("init", r.init, INIT_SCHEMES),
+        one_of("inputs", r.inputs, INPUTS), one_of("pca", r.pca, PCA_VARIANTS), one_of("loader", r.loader, BACKENDS),
+        one_of("model", r.model, MODEL_NAMES),
+        (all(e >= 1 for e in r.step_epochs), f"--step-epochs must be epoch numbers from 1, got {r.step_epochs}"),
+        (r.gamma > 0, f"--gamma must be positive, got {r.gamma}"),
+        (r.patience >= 0, f"--patience must not be negative, got {r.patience}"),
+        (r.warmup_epochs >= 0, f"--warmup-epochs must not be negative, got {r.warmup_epochs}"),
+        (r.clip_grad_norm is None or r.clip_grad_norm > 0, "--clip-grad-norm must be positive (or 0: off)"),
+        (0 <= r.label_smoothing < 1, f"--label-smoothing must lie in [0, 1), got {r.label_smoothing}"),
+        (0 <= r.dropout < 1, f"--dropout must lie in [0, 1), got {r.dropout}"),
+        (r.pca_sigma >= 0, f"--pca-sigma must not be negative, got {r.pca_sigma}"),
+        (r.seed >= 0, f"--seed must be a non-negative integer, got {r.seed}"),
     ]
     for ok, message in checks:
         if not ok:

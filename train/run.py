@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,18 +21,19 @@ import numpy as np
 import torch
 
 from alexpipe.model import build_model
-from alexpipe.pipeline import load_split, make_loader
+from alexpipe.pipeline import load_split, make_loader, verify_dataset
+from alexpipe.pipeline.integrity import read_manifest
 from alexpipe.pipeline.sampling import ShortClass, balanced_choice
 from alexpipe.provenance import git_commit
 from alexpipe.terminal import console, literal
 
 from . import checkpoint, distributed
-from .errors import TrainingError
+from .errors import RunInterrupted, TrainingError
 from .hardware import COMPILE_MODES, resolve_amp, resolve_device
 from .inputs import feed
 from .interrupt import GracefulInterrupt, Interrupted
 from .loop import EpochContext, evaluate, train_epoch
-from .metrics import write_jsonl
+from .metrics import write_json, write_jsonl
 from .plot import plot_curves
 from .progress import EpochProgress
 from .recipes import Recipe, validate
@@ -130,19 +132,48 @@ def start(opt: RunOptions) -> Run:
 
 
 def prepare_out(run: Run) -> None:
-    """The run folder: refuse to start over a run without --resume or --force (rank 0 makes the folder)."""
-    if not run.world.is_main:
+    """The run folder must be new, empty, or an alexpipe run (then --resume or --force): nothing else of the
+    user's is ever overwritten. It is made only once everything else has been checked (`record_config`)."""
+    out, data = run.out, Path(run.opt.data)
+    if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
+        raise TrainingError(f"--out {out} is the data folder {data} or inside it: choose another run folder")
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--out {out} exists and is not a folder")
+    if run.opt.resume or not out.is_dir() or not any(out.iterdir()):
         return
-    if (run.out / "last.pt").exists() and not run.opt.resume and not run.opt.force:
-        raise TrainingError(f"{run.out} already holds a run (last.pt); pass --resume to continue it, "
-                            "or --force to start over")
-    run.out.mkdir(parents=True, exist_ok=True)
+    if not _holds_run(out):
+        raise TrainingError(f"--out {out} holds files that are not an alexpipe run: train writes only into a new "
+                            "or empty folder, or one of its own runs (which --force replaces)")
+    if not run.opt.force:
+        raise TrainingError(f"{out} already holds a run; pass --resume to continue it, or --force to start over")
+
+
+RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt", "summary.json")
+
+
+def _holds_run(out: Path) -> bool:
+    """Whether `out` is an alexpipe run folder: its config.json is the one `record_config` writes."""
+    try:
+        config = json.loads((out / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("type") == "config" and isinstance(config.get("recipe"), dict)
 
 
 def load_data(run: Run) -> None:
-    """Open the splits and make the three loaders (a subset of each where asked), each rank its shard."""
+    """Verify the data (manifest, headers, content digests), then make the loaders (a subset of each where
+    asked), each rank its shard. Everything the run will need is checked here, before the first step."""
     opt, r, world = run.opt, run.recipe, run.world
     data = Path(opt.data)
+    splits = ["train", "val", "test"] if "val.safetensors" in read_manifest(data)["files"] else ["train", "test"]
+    digests = verify_dataset(data, splits)  # the digests of the bytes read, not the ones recorded
+    if "val" not in splits:
+        if r.schedule == "plateau":
+            raise TrainingError(f"{data} has no val split (converted with --val-size 0), and the plateau schedule "
+                                "cuts the lr on the val loss: choose --schedule step or onecycle")
+        if world.is_main:
+            err.print(f"note: {literal(data)} has no val split (converted with --val-size 0): no per-epoch "
+                      "validation; best.pt is the last epoch")
     train_split = load_split(data, "train")
     run.classes = train_split.meta.classes
     subset = _subset(train_split.labels.numpy(), opt.subset, r.seed, len(run.classes)) if opt.subset else None
@@ -153,12 +184,12 @@ def load_data(run: Run) -> None:
     eval_batch = max(256, r.batch_size // world.world_size)
     run.loaders["train"] = make_loader(data, "train", r.loader, batch_size=r.batch_size // world.world_size,
                                        pca=r.pca, pca_sigma=r.pca_sigma, indices=subset, **common)
-    for name in ("val", "test"):
+    run.loaders["val"] = None
+    for name in splits[1:]:
         labels = load_split(data, name).labels.numpy()
         indices = _subset(labels, opt.eval_subset, r.seed, len(run.classes)) if opt.eval_subset else None
         run.loaders[name] = make_loader(data, name, r.loader, batch_size=eval_batch, indices=indices, **common)
-    run.identity = {"train": train_split.meta.content_sha256,
-                    "val": run.loaders["val"].split.meta.content_sha256,
+    run.identity = {"train": digests["train"], "val": digests.get("val"),
                     "subset": None if subset is None else [int(i) for i in subset]}
 
 
@@ -232,7 +263,8 @@ def _check_resumable(ckpt: dict, run: Run) -> None:
 
 
 def record_config(run: Run) -> None:
-    """config.json: the resolved recipe, the options, the data's identity and where the code came from."""
+    """Make the run folder (now that everything has been checked), clear an old run's files with --force, and
+    write config.json: the resolved recipe, the options, the data's identity and where the code came from."""
     opt = run.opt
     run.config = {
         "type": "config", "recipe": run.recipe.to_dict(), "git_commit": git_commit(), "command": opt.command,
@@ -240,10 +272,18 @@ def record_config(run: Run) -> None:
         "channels_last": run.channels_last, "compile": opt.compile,
         "compile_mode": opt.compile_mode if opt.compile else None, "world_size": run.world.world_size,
         "subset": opt.subset, "eval_subset": opt.eval_subset, "data": str(opt.data),
-        "data_sha256": {"train": run.identity["train"], "val": run.identity["val"]},
+        "data_sha256": {split: run.identity[split] for split in ("train", "val")},
         "torch": str(torch.__version__), "python": sys.version.split()[0]}
-    if run.world.is_main:
-        (run.out / "config.json").write_text(json.dumps(run.config, indent=2) + "\n")
+    if not run.world.is_main:
+        return
+    try:
+        run.out.mkdir(parents=True, exist_ok=True)
+        if opt.force and not opt.resume:
+            for name in RUN_FILES:
+                (run.out / name).unlink(missing_ok=True)
+        write_json(run.out / "config.json", run.config)
+    except OSError as exc:
+        raise TrainingError(f"cannot write the run folder {run.out}: {exc.strerror or exc}") from None
 
 
 def train(run: Run) -> None:
@@ -259,23 +299,32 @@ def train(run: Run) -> None:
                 run.loaders["train"].set_epoch(epoch)
                 lr = run.step.schedule.lr
                 stats = train_epoch(ctx, run.net, run.loaders["train"], epoch)
-                val = evaluate(run.eval_net, run.loaders["val"], run.amp_dtype, r.tta_flip, len(run.classes), world)
+                val = _validate(run)
                 run.step.schedule.after_epoch(val["loss"])
                 run.history.append({"type": "epoch", "epoch": epoch, **stats, "val_loss": val["loss"],
                                     "val_acc": val["top1"], "val_top5": val["top5"], "val_images": val["images"],
                                     "lr": lr, "epoch_seconds": stats["train_seconds"],
                                     "wall_seconds": time.perf_counter() - run.wall0})
-                _publish_epoch(run, epoch, improved=val["top1"] > run.best["val_acc"])
-        except (Interrupted, KeyboardInterrupt):
+                _publish_epoch(run, epoch, improved=val["top1"] is None or val["top1"] > run.best["val_acc"])
+        except (Interrupted, KeyboardInterrupt) as exc:
+            signum = exc.signum if isinstance(exc, Interrupted) else (stop.requested or signal.SIGINT)
             done = f"{run.out / 'last.pt'} holds the end of epoch {epoch - 1}" if epoch > 1 else "no epoch had finished"
-            raise TrainingError(f"interrupted during epoch {epoch}; {done}: "
-                                f"continue with `alexpipe train --out {run.out} --resume`") from None
+            raise RunInterrupted(f"interrupted ({signal.Signals(signum).name}) during epoch {epoch}; {done}: "
+                                 f"continue with `alexpipe train --out {run.out} --resume`", signum) from None
+
+
+def _validate(run: Run) -> dict[str, Any]:
+    """The epoch's validation (all None without a val split)."""
+    if run.loaders["val"] is None:
+        return {"loss": None, "top1": None, "top5": None, "images": 0}
+    return evaluate(run.eval_net, run.loaders["val"], run.amp_dtype, run.recipe.tta_flip, len(run.classes),
+                    run.world)
 
 
 def _publish_epoch(run: Run, epoch: int, improved: bool) -> None:
     """End of an epoch: every rank's RNG state to rank 0, which writes the checkpoints (atomic), the metrics
     file, the curves and one line; then every rank waits for it."""
-    if improved:
+    if improved:  # without a val split every epoch is the best so far: best.pt is the last epoch
         run.best = {"val_acc": run.history[-1]["val_acc"], "epoch": epoch}
     rngs = _gather(checkpoint.rng_state(), run.world)
     if run.world.is_main:
@@ -295,10 +344,11 @@ def _publish_epoch(run: Run, epoch: int, improved: bool) -> None:
 
 
 def _print_epoch(rec: dict[str, Any], epochs: int) -> None:
+    val = (f"val loss {rec['val_loss']:.4f} acc {100 * rec['val_acc']:5.2f}%" if rec["val_acc"] is not None
+           else "no val split")
     err.print(f"epoch {rec['epoch']:3d}/{epochs}  train loss {rec['train_loss']:.4f} acc "
-              f"{100 * rec['train_acc']:5.2f}%  val loss {rec['val_loss']:.4f} acc {100 * rec['val_acc']:5.2f}%  "
-              f"lr {rec['lr']:.2e}  {rec['images_per_s']:6.0f} img/s  data wait "
-              f"{100 * rec['data_wait_fraction']:4.1f}%  {rec['epoch_seconds']:5.1f}s")
+              f"{100 * rec['train_acc']:5.2f}%  {val}  lr {rec['lr']:.2e}  {rec['images_per_s']:6.0f} img/s  "
+              f"data wait {100 * rec['data_wait_fraction']:4.1f}%  {rec['epoch_seconds']:5.1f}s")
 
 
 def _gather(value: Any, world: distributed.World) -> Any:
@@ -328,10 +378,11 @@ def finish(run: Run) -> dict[str, Any]:
                "classes": list(run.classes), "world_size": world.world_size, "rank_weight_digests": digests}
     if world.is_main:
         write_jsonl(run.out / "metrics.jsonl", [run.config, *run.history, summary])
-        (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(run.out / "summary.json", summary)
+        val = (f"val {100 * summary['final_val_acc']:.2f}% (best {100 * best['val_acc']:.2f}% at epoch "
+               f"{best['epoch']})" if best["val_acc"] is not None else "no val split")
         err.print(f"done: test acc {100 * summary['test_acc']:.2f}% (top-5 {100 * summary['test_top5']:.2f}%), "
-                  f"final train {100 * summary['final_train_acc']:.2f}%, val {100 * summary['final_val_acc']:.2f}% "
-                  f"(best {100 * best['val_acc']:.2f}% at epoch {best['epoch']}), "
+                  f"final train {100 * summary['final_train_acc']:.2f}%, {val}, "
                   f"{summary['wall_seconds'] / 60:.1f} min, {summary['mean_images_per_s']:.0f} img/s")
     return summary
 
