@@ -99,6 +99,7 @@ def test_train_never_writes_over_a_users_files(data, tmp_path):
     one_error_line(run("train", "--data", data, "--out", data / "runs", *QUICK), "inside it")
 
 
+@pytest.mark.slow
 def test_force_replaces_only_the_runs_own_files(data, tmp_path):
     out = tmp_path / "run"
     assert run("train", "--data", data, "--out", out, *QUICK).exit_code == 0
@@ -110,6 +111,7 @@ def test_force_replaces_only_the_runs_own_files(data, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_a_folder_without_val_split_trains_and_says_so(tmp_path):
     src = make_source(tmp_path, synthetic_batches(), "python", "archive")
     data = tmp_path / "noval"
@@ -194,6 +196,7 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_bad_checkpoints_and_data_in_one_line(data, tmp_path):
     out = tmp_path / "run"
     assert run("train", "--data", data, "--out", out, *QUICK).exit_code == 0
