@@ -176,7 +176,8 @@ def load_data(run: Run) -> None:
                       "validation; best.pt is the last epoch")
     train_split = load_split(data, "train")
     run.classes = train_split.meta.classes
-    subset = _subset(train_split.labels.numpy(), opt.subset, r.seed, len(run.classes)) if opt.subset else None
+    subset = (_subset(train_split.labels.numpy(), opt.subset, r.seed, len(run.classes), "--subset")
+              if opt.subset else None)
     common = dict(device=run.device, dtype=run.amp_dtype or torch.float32, channels_last=run.channels_last,
                   seed=r.seed, rank=world.rank, world_size=world.world_size, num_workers=opt.num_workers)
     if r.loader == "resident" and opt.compile:  # the augmentation is part of the hot path: compile it too
@@ -187,20 +188,21 @@ def load_data(run: Run) -> None:
     run.loaders["val"] = None
     for name in splits[1:]:
         labels = load_split(data, name).labels.numpy()
-        indices = _subset(labels, opt.eval_subset, r.seed, len(run.classes)) if opt.eval_subset else None
+        indices = (_subset(labels, opt.eval_subset, r.seed, len(run.classes), "--eval-subset")
+                   if opt.eval_subset else None)
         run.loaders[name] = make_loader(data, name, r.loader, batch_size=eval_batch, indices=indices, **common)
     run.identity = {"train": digests["train"], "val": digests.get("val"),
                     "subset": None if subset is None else [int(i) for i in subset]}
 
 
-def _subset(labels: np.ndarray, n: int, seed: int, num_classes: int) -> np.ndarray:
+def _subset(labels: np.ndarray, n: int, seed: int, num_classes: int, flag: str = "--subset") -> np.ndarray:
     """`n` positions, n / num_classes per class, chosen by `seed`, ascending."""
     if n <= 0 or n % num_classes:
-        raise TrainingError(f"subset size must be a positive multiple of {num_classes}, got {n}")
+        raise TrainingError(f"{flag} must be a positive multiple of {num_classes}, got {n}")
     try:
         return balanced_choice(labels, n // num_classes, np.random.default_rng([seed, 0x5EB5E7]), num_classes)
     except ShortClass as short:
-        raise TrainingError(f"subset of {n} needs {n // num_classes} images of class {short.label}, only "
+        raise TrainingError(f"{flag} {n} needs {n // num_classes} images of class {short.label}, only "
                             f"{short.available} exist") from None
 
 
