@@ -380,18 +380,6 @@ def load_split(root: Path | str, split: str) -> Split:
     return Split(arrays["images"], arrays["labels"], arrays["source_index"], meta, path)
 
 
-def verify_split(s: Split) -> None:
-    """Full integrity check: content hash, label range, counts. Reads the whole file."""
-    labels = s.labels.numpy()
-    if labels.size and (labels.min() < 0 or labels.max() >= len(s.meta.classes)):
-        raise DataError(f"{s.path}: labels outside 0..{len(s.meta.classes) - 1}")
-    counts = tuple(int(c) for c in np.bincount(labels, minlength=len(s.meta.classes)))
-    if counts != tuple(s.meta.class_counts):
-        raise DataError(f"{s.path}: per-class counts {counts} differ from the recorded {s.meta.class_counts}")
-    if content_digest(s.images.numpy(), labels) != s.meta.content_sha256:
-        raise DataError(f"{s.path}: content does not match its recorded sha256 (file modified or corrupt)")
-
-
 def fsync_dir(path: Path) -> None:
     """Make a rename into `path` durable."""
     try:
