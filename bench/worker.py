@@ -11,7 +11,7 @@ train.step's, the step `alexpipe train` runs), "model" (that step on one fixed
 batch: the ceiling no loader can beat), "overhead" (that step with the network
 replaced by a near-zero-cost one: the host's cost per step, and the operations
 it dispatches), and "fake" (a calibrated loader that sleeps, to test the
-harness itself). `compile` compiles the step (and the resident augmentation).
+harness itself). `compile` compiles the step.
 """
 
 from __future__ import annotations
@@ -107,10 +107,9 @@ def build(cfg: dict[str, Any]) -> tuple[Callable[[], int], Callable[[], float], 
     waited = [0.0]
     loader = None
     if cfg["kind"] in ("loader", "train", "overhead"):
-        extra = {"compile": True} if compile_ and cfg["backend"] == "resident" else {}
         loader = make_loader(cfg["data"], "train", cfg["backend"], device=device, batch_size=cfg["batch_size"],
                              dtype=dtype, channels_last=cfg["channels_last"], augment=cfg["augment"],
-                             pca=cfg["pca"], num_workers=cfg["workers"], seed=0, **extra)
+                             pca=cfg["pca"], num_workers=cfg["workers"], seed=0)
         src = _Endless(loader)
 
         def next_batch():

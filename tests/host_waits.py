@@ -96,17 +96,30 @@ def _names_device(args: tuple, kwargs: dict) -> bool:
     return "device" in kwargs or any(isinstance(a, (torch.device, str)) for a in args)
 
 
+class Dispatches(TorchDispatchMode):
+    """Counts the operations that reach torch's dispatcher while active (what a GPU would launch, and more)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
 class SteadyState:
     """Wraps a loader: counting is on from the second batch until the last one is asked for, so the window
     holds whole steady-state steps (loader fetch, step, meter, checks) and none of an epoch's edges.
 
     With `cuda_errors`, torch's CUDA sync debug mode is "error" inside that window: any synchronising CUDA
-    call raises there and then.
+    call raises there and then. `start`: the first batch counted (a captured step records its graph, a
+    synchronising setup, after its warm-up steps).
     """
 
-    def __init__(self, loader, counter: HostWaits, cuda_errors: bool = False):
+    def __init__(self, loader, counter: HostWaits, cuda_errors: bool = False, start: int = 1):
         self.loader, self.counter, self.cfg = loader, counter, loader.cfg
-        self.cuda_errors = cuda_errors
+        self.cuda_errors, self.start = cuda_errors, start
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -120,7 +133,7 @@ class SteadyState:
         n = len(self.loader)
         try:
             for k, batch in enumerate(self.loader):
-                self._window(1 <= k < n - 1)
+                self._window(self.start <= k < n - 1)
                 yield batch
         finally:
             self._window(False)

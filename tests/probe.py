@@ -4,7 +4,7 @@ A test starts this script instead of `-m alexpipe`; it wraps a piece of
 alexpipe before running the ordinary command, so the run itself is unchanged
 and production code carries no hook:
 
-- PROBE_LOG=file: every training batch's split positions, per rank, as JSON lines;
+- PROBE_LOG=file: every training epoch's batches (their split positions), per rank, as JSON lines;
 - PROBE_SAVE_PAUSE=seconds: each checkpoint write, once its temporary file is
   written and before it is renamed, prints "PROBE: saving <path>" on stderr and
   pauses, so that a test can signal the run in the middle of a write.
@@ -24,16 +24,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the source tree,
 def _log_batches(path: str) -> None:
     from alexpipe.pipeline.loaders import base
 
-    emit = base.BaseLoader._emit
+    iterate = base.BaseLoader.__iter__
 
-    def recording_emit(self, images, k):
+    def recording_iter(self):
         if self.cfg.split == "train":
+            b, order = self.cfg.batch_size, self.order()
             with open(path, "a") as f:
-                f.write(json.dumps({"rank": self.cfg.rank, "epoch": self.epoch,
-                                    "index": self.batch_index(k).tolist()}) + "\n")
-        return emit(self, images, k)
+                for k in range(len(self)):
+                    f.write(json.dumps({"rank": self.cfg.rank, "epoch": self.epoch,
+                                        "index": order[k * b:(k + 1) * b].tolist()}) + "\n")
+        return iterate(self)
 
-    base.BaseLoader._emit = recording_emit
+    base.BaseLoader.__iter__ = recording_iter
 
 
 def _pause_saves(seconds: float) -> None:

@@ -215,7 +215,7 @@ def test_random_params_have_the_right_statistics_and_depend_on_seed_and_epoch_on
 
 def test_one_door_for_every_backend_option(small_data):
     """Backend options go through make_loader; one a backend does not take is refused by name."""
-    assert make_loader(small_data, "train", "resident", compile=False).cfg.batch_size == 128
+    assert make_loader(small_data, "train", "resident", batch_size=64).cfg.batch_size == 64
     with pytest.raises(ValueError, match="resident backend takes no option use_plugin"):
         make_loader(small_data, "train", "resident", use_plugin=False)
     with pytest.raises(ValueError, match="unknown backend 'nope'"):

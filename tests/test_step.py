@@ -20,7 +20,7 @@ from alexpipe.train.run import RunOptions, fit
 from alexpipe.train.schedule import Schedule, build_optimizer
 from alexpipe.train.step import build_step
 
-from host_waits import HostWaits, SteadyState, aten, blocking_transfer
+from host_waits import Dispatches, HostWaits, SteadyState, aten, blocking_transfer
 
 def _context(device, recipe, amp_dtype=None):
     torch.manual_seed(0)
@@ -84,6 +84,24 @@ def test_the_counter_sees_what_it_must():
     assert not blocking_transfer(aten._to_copy.default, (x,), {"dtype": torch.float16})
     assert blocking_transfer(aten.copy_.default, (meta, x[:3]), {})
     assert not blocking_transfer(aten.copy_.default, (meta, x[:3], True), {})
+
+
+@pytest.mark.parametrize("split,batch_size", [("train", 50), ("val", 20)])
+def test_the_resident_loader_dispatches_at_most_three_operations_per_batch(synthetic_data, split, batch_size):
+    """A whole epoch (its parameter look-ups, augmentation and labels included) over its batches: the epoch is
+    augmented in a few sets of kernels and a batch is a view of it; an evaluation split is made once."""
+    loader = make_loader(synthetic_data, split, "resident", batch_size=batch_size, dtype=torch.bfloat16)
+    loader.set_epoch(1)
+    first = [x.clone() for x, _ in loader]
+    counter = Dispatches()
+    for epoch in (2, 3):
+        loader.set_epoch(epoch)
+        with counter:
+            batches = sum(1 for _ in loader)
+    assert batches == len(loader) > 3
+    assert counter.count / (2 * batches) <= 3, counter.count
+    if split == "val":  # made once, kept: the same values every epoch
+        assert all(torch.equal(a, b) for a, (b, _) in zip(first, loader))
 
 
 def test_a_loader_computes_its_epoch_order_once_per_epoch(small_data, monkeypatch):
