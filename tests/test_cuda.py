@@ -26,6 +26,8 @@ from alexpipe.train.run import RunOptions, fit
 from alexpipe.train.metrics import read_jsonl
 from alexpipe.train.recipes import get_recipe
 
+from alexpipe.train.step import WARMUP_STEPS
+
 from conftest import BACKENDS, assert_matches_reference, batches_with_positions
 from host_waits import HostWaits, SteadyState
 
@@ -56,15 +58,18 @@ def test_resident_loader_on_cuda_equals_the_reference(synthetic_data, variant, d
         assert torch.equal(y, split.labels[positions])
 
 
-@pytest.mark.parametrize("amp,compile_mode", [("fp16", None), ("bf16", None), ("bf16", "default"),
-                                              ("bf16", "reduce-overhead")])
-def test_short_cuda_runs_train_in_every_precision_and_compile_mode(small_data, tmp_path, amp, compile_mode):
+@pytest.mark.parametrize("amp,compile_mode,graphs,kind", [
+    ("fp16", None, None, "eager"), ("bf16", None, None, "captured"), ("off", None, None, "captured"),
+    ("bf16", "default", None, "compiled+captured"), ("bf16", "max-autotune", None, "compiled+captured"),
+    ("bf16", "reduce-overhead", False, "compiled")])
+def test_short_cuda_runs_train_in_every_precision_and_compile_mode(small_data, tmp_path, amp, compile_mode, graphs,
+                                                                   kind):
     out = tmp_path / "run"
     summary = run(small_data, out, amp=amp, channels_last=True, compile=compile_mode is not None,
-                  compile_mode=compile_mode)
+                  compile_mode=compile_mode, cuda_graphs=graphs)
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["device"].startswith("cuda") and cfg["amp"] == {"fp16": "float16", "bf16": "bfloat16"}[amp]
-    assert cfg["channels_last"] is True and cfg["compile"] == (compile_mode is not None)
+    assert cfg["device"].startswith("cuda") and cfg["amp"] == {"fp16": "float16", "bf16": "bfloat16", "off": "off"}[amp]
+    assert cfg["channels_last"] is True and cfg["compile"] == (compile_mode is not None) and cfg["step"] == kind
     epochs = [r for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "epoch"]
     assert len(epochs) == 2 and all(np.isfinite(e["train_loss"]) and np.isfinite(e["val_loss"]) for e in epochs)
     assert summary["test_images"] == 60
@@ -103,9 +108,41 @@ def test_steady_state_cuda_steps_never_synchronise(synthetic_data, backend):
     loader = make_loader(synthetic_data, "train", backend, device=device, batch_size=64, dtype=torch.bfloat16,
                          channels_last=True, indices=np.arange(640), num_workers=2)
     counter = HostWaits()
-    with counter:
-        loop.train_epoch(ctx, model, SteadyState(loader, counter, cuda_errors=True), epoch=1)
+    assert step.kind == "captured"
+    with counter:  # counted from the first replay of the captured step
+        loop.train_epoch(ctx, model, SteadyState(loader, counter, cuda_errors=True, start=WARMUP_STEPS + 1),
+                         epoch=1)
     assert counter.seen == [], counter.seen
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_the_captured_step_computes_what_the_uncaptured_step_computes(compile):
+    """Eight steps of the one-cycle schedule (the lr changes every step, written into the captured graph's
+    device tensor) with clipping engaged: the same sums and the same weights, captured or not."""
+    from alexpipe.model import build_model
+    from alexpipe.train.schedule import Schedule, build_optimizer
+    from alexpipe.train.step import build_step
+
+    recipe = get_recipe("fast").replace(clip_grad_norm=0.5)
+    torch.manual_seed(1)
+    batches = [(torch.randn(32, 3, 32, 32, device="cuda") * 3, torch.randint(0, 10, (32,), device="cuda"))
+               for _ in range(8)]
+
+    def train(capture: bool):
+        torch.manual_seed(0)
+        model = build_model(dropout=0.0).cuda()
+        optimizer = build_optimizer(model, recipe)
+        step = build_step(model, optimizer, Schedule(optimizer, recipe, 4), amp_dtype=None,
+                          clip_grad_norm=recipe.clip_grad_norm, compile=compile, capture=capture)
+        sums = [step(x, y).clone() for x, y in batches]
+        return step, torch.stack(sums), [p.detach().clone() for p in model.parameters()]
+
+    (plain, s_plain, w_plain), (captured, s_cap, w_cap) = train(False), train(True)
+    assert captured.kind.endswith("captured") and not plain.kind.endswith("captured")
+    torch.testing.assert_close(s_cap, s_plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(w_cap, w_plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert captured.schedule.lr == pytest.approx(plain.schedule.lr)
 
 
 def test_two_gpus_over_nccl_stay_in_sync(small_data, tmp_path):

@@ -152,7 +152,8 @@ def test_sigterm_in_a_checkpoint_write_leaves_a_whole_checkpoint_and_no_temporar
     """One SIGTERM: the write finishes, the run stops at the next step, exit 143. A second one cuts the write
     short: its temporary file goes, the previous checkpoint stays."""
     out = tmp_path / "run"
-    proc = _probe("train", "--data", data, "--out", out, *QUICK, "--epochs", "3", pause=3.0)
+    proc = _probe("train", "--data", data, "--out", out, *QUICK, "--epochs", "3", "--checkpoint-every", "1",
+                  pause=3.0)
     _wait_for(proc, "PROBE: saving")  # epoch 1's last.pt is being written
     for _ in range(signals):
         proc.send_signal(signal.SIGTERM)

@@ -117,7 +117,7 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
 
 def test_killed_and_resumed_run_equals_uninterrupted_run(real_data, tmp_path):
     args = ["train", "--data", real_data, "--subset", 1000, "--eval-subset", 200, "--epochs", 3, "--lr", 0.05,
-            "--batch-size", 50, "--log-every", 5]
+            "--batch-size", 50, "--log-every", 5, "--checkpoint-every", 1]
     whole = cli(*args, "--out", tmp_path / "whole")
     assert whole.wait(timeout=600) == 0, whole.stdout.read()
 
@@ -138,7 +138,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(real_data, tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     timing = {"train_seconds", "images_per_s", "data_wait_fraction", "epoch_seconds", "wall_seconds",
-              "mean_images_per_s"}
+              "mean_images_per_s", "val_seconds", "outside_seconds", "compile_seconds", "capture_seconds"}
     strip = lambda recs: [{k: v for k, v in r.items() if k not in timing} for r in recs]  # noqa: E731
     ma = [r for r in read_jsonl(tmp_path / "whole" / "metrics.jsonl") if r["type"] in ("epoch", "test")]
     mb = [r for r in read_jsonl(cut / "metrics.jsonl") if r["type"] in ("epoch", "test")]
@@ -173,7 +173,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(real_data, tmp_pat
 def test_ctrl_c_exits_cleanly_with_a_resumable_checkpoint(real_data, tmp_path):
     out = tmp_path / "run"
     proc = cli("train", "--data", real_data, "--out", out, "--subset", 1000, "--eval-subset", 200, "--epochs", 5,
-               "--lr", 0.05, "--batch-size", 50)
+               "--lr", 0.05, "--batch-size", 50, "--checkpoint-every", 1)
     _wait_for(lambda: (out / "last.pt").exists(), 600, proc)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)

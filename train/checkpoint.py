@@ -70,6 +70,27 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -
                 buffers[name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
+def plain_numbers(state: dict[str, Any]) -> dict[str, Any]:
+    """`state` with the learning rates as Python floats: a captured step keeps them in device tensors (the
+    optimiser's param groups, the scheduler's last values), but a checkpoint records numbers, so that it
+    resumes the same on any device, captured or not."""
+    def plain(v: Any) -> Any:
+        if torch.is_tensor(v) and v.dim() == 0 and v.is_floating_point():
+            return float(v)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return v
+
+    out = dict(state)
+    if isinstance(state.get("optimizer"), dict):
+        out["optimizer"] = {**state["optimizer"], "param_groups": plain(state["optimizer"]["param_groups"])}
+    if isinstance(state.get("schedule"), dict):
+        out["schedule"] = plain(state["schedule"])
+    return out
+
+
 def _python_state_to_plain(s: tuple) -> list:
     version, internal, gauss = s
     return [version, list(internal), gauss]

@@ -100,7 +100,15 @@ Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the hot 
                                                          "(forward and backward), the gradient clipping and, with "
                                                          "the resident loader, the augmentation.")]
 CompileMode = Annotated[_choice("CompileMode", COMPILE_MODES), typer.Option(
-                                          help="torch.compile mode with --compile (reduce-overhead: CUDA graphs).")]
+                                          help="torch.compile mode with --compile (reduce-overhead: torch's CUDA "
+                                               "graphs, which --cuda-graphs replaces with one graph per step).")]
+CudaGraphs = Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs",
+                                                    help="Capture the whole training step (forward, backward, "
+                                                         "clipping, update) in one CUDA graph, replayed every batch "
+                                                         "[default: on for CUDA with bf16 or fp32 in one process].")]
+CheckpointEvery = Annotated[int, typer.Option(help="Write last.pt every N epochs, in the background (also after "
+                                                   "the last epoch, and on Ctrl-C or a failure: the last finished "
+                                                   "epoch). A kill -9 loses at most N - 1 epochs.")]
 Subset = Annotated[Optional[int], typer.Option(help="Train on a class-balanced subset of N train images.")]
 EvalSubset = Annotated[Optional[int], typer.Option(help="Validate/test on class-balanced subsets of N images.")]
 Workers = Annotated[int, typer.Option(help="Worker processes (torchvision) or threads (DALI, FFCV).")]
@@ -128,7 +136,7 @@ def train_cmd(
     inputs: Inputs = None, pca_sigma: PcaSigma = None, loader: Loader = None, tta_flip: TtaFlip = None,
     seed: Seed = None, model: Model = None, device: Device = "auto", amp: Amp = "auto",
     channels_last: ChannelsLast = None, compile: Compile = False, compile_mode: CompileMode = "default",
-    subset: Subset = None, eval_subset: EvalSubset = None, workers: Workers = 2, resume: Resume = False,
+    cuda_graphs: CudaGraphs = None, checkpoint_every: CheckpointEvery = 5, subset: Subset = None, eval_subset: EvalSubset = None, workers: Workers = 2, resume: Resume = False,
     force: Force = False, log_every: LogEvery = 20, scale_lr: ScaleLr = False, dist_timeout: DistTimeout = 600.0,
 ) -> None:
     """Train AlexNet on converted CIFAR-10 (default: the write-up's 49-epoch recipe)."""
@@ -152,8 +160,8 @@ def train_cmd(
         fail(str(exc))
     _run(data if data is not None else DEFAULT_DATA, out, r, dict(
         device=device, amp=amp, channels_last=channels_last, compile=compile, compile_mode=compile_mode,
-        subset=subset, eval_subset=eval_subset, num_workers=workers, resume=resume, force=force,
-        log_every=max(1, log_every), dist_timeout=dist_timeout,
+        cuda_graphs=cuda_graphs, checkpoint_every=checkpoint_every, subset=subset, eval_subset=eval_subset,
+        num_workers=workers, resume=resume, force=force, log_every=max(1, log_every), dist_timeout=dist_timeout,
         command=" ".join(shlex.quote(a) for a in ["alexpipe", *sys.argv[1:]])))
 
 

@@ -47,3 +47,29 @@ def resolve_amp(amp: str, device: "torch.device") -> "Optional[torch.dtype]":
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def use_compile_cache() -> None:
+    """Keep torch.compile's caches in alexpipe's cache folder (unless the user chose another): the next run with
+    the same shapes then loads its kernels instead of compiling them again (a warm start)."""
+    import os
+
+    from alexpipe.pipeline.cache import cache_dir
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torchinductor"))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent in torch.compile so far (tracing and code generation, forward and
+    backward); 0 where torch does not say."""
+    import sys
+
+    dynamo = sys.modules.get("torch._dynamo.utils")
+    if dynamo is None:  # nothing was compiled: torch.compile imports it
+        return 0.0
+    try:
+        return float(dynamo.calculate_time_spent().get("total_wall_time", 0.0))
+    except Exception:  # noqa: BLE001 - a private counter of torch's: its absence costs a figure, not the run
+        return 0.0

@@ -54,11 +54,11 @@ def train_epoch(ctx: EpochContext, net: torch.nn.Module, loader, epoch: int) -> 
             ctx.stop.check()  # a Ctrl-C stops between steps, never inside a checkpoint write
         if step % ctx.log_every == 0 or step == steps:
             logged = _progress(ctx, meter, epoch, step, logged)
-    seconds = time.perf_counter() - t_start
     if ctx.progress:
         ctx.progress.end()
     distributed.all_reduce_sum(meter.sums, ctx.world)
     loss_sum, correct, _ = meter.read()
+    seconds = time.perf_counter() - t_start  # after the read: the device's queued steps are part of the epoch
     count = distributed.sum_int(meter.count, ctx.world, ctx.device)
     if count == 0:
         raise TrainingError("the training loader yielded no batch: the subset is smaller than one batch")
@@ -88,8 +88,13 @@ def _progress(ctx: EpochContext, meter: EpochMeter, epoch: int, step: int,
 
 @torch.no_grad()
 def evaluate(net: torch.nn.Module, loader, amp_dtype: Optional[torch.dtype], tta_flip: bool, num_classes: int,
-             world: distributed.World = distributed.World()) -> dict[str, Any]:
-    """Loss, top-1/top-5 and the confusion matrix over every image of the loader's split (all ranks)."""
+             world: distributed.World = distributed.World(), pad_to: Optional[int] = None) -> dict[str, Any]:
+    """Loss, top-1/top-5 and the confusion matrix over every image of the loader's split (all ranks).
+
+    `pad_to`: a smaller batch (the split's last) is padded with blank images to this many, and their logits
+    dropped, so that a compiled network sees one shape and compiles once (the network has no batch-wise layer:
+    padding changes no other image's logits).
+    """
     net.eval()
     meter = EvalMeter(num_classes, loader.cfg.device)
     batches = iter(loader)
@@ -99,17 +104,29 @@ def evaluate(net: torch.nn.Module, loader, amp_dtype: Optional[torch.dtype], tta
         if batch is None:
             break
         images, labels = batch
+        n = labels.shape[0]
+        if pad_to is not None and n < pad_to:
+            images = _padded(images, pad_to)
         with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = net(images).float()
             if tta_flip:
                 logits = 0.5 * (logits + net(images.flip(3)).float())
-        meter.add(logits, labels)
+        meter.add(logits[:n], labels)
     distributed.all_reduce_sum(meter.sums, world)
     distributed.all_reduce_sum(meter.confusion, world)
     n = distributed.sum_int(meter.count, world, meter.sums.device)
     loss_sum, top1, top5 = meter.sums.tolist()
     return {"loss": loss_sum / max(n, 1), "top1": top1 / max(n, 1), "top5": top5 / max(n, 1), "images": n,
             "confusion": meter.confusion.cpu().tolist()}
+
+
+def _padded(images: torch.Tensor, size: int) -> torch.Tensor:
+    """`images` followed by blank ones up to `size`, in the same memory format (another one would recompile)."""
+    fmt = torch.channels_last if images.dim() == 4 and not images.is_contiguous() \
+        and images.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    out = images.new_zeros((size, *images.shape[1:])).contiguous(memory_format=fmt)
+    out[:images.shape[0]] = images
+    return out
 
 
 __all__ = ["EpochContext", "evaluate", "train_epoch"]

@@ -28,8 +28,9 @@ from alexpipe.provenance import git_commit
 from alexpipe.terminal import console, literal
 
 from . import checkpoint, distributed
+from .bookkeeping import Snapshot, WriteFailed, Writer, remove_temporaries
 from .errors import RunInterrupted, TrainingError
-from .hardware import COMPILE_MODES, resolve_amp, resolve_device
+from .hardware import COMPILE_MODES, compile_seconds, resolve_amp, resolve_device, use_compile_cache
 from .inputs import feed
 from .interrupt import GracefulInterrupt, Interrupted
 from .loop import EpochContext, evaluate, train_epoch
@@ -38,7 +39,7 @@ from .plot import plot_curves
 from .progress import EpochProgress
 from .recipes import Recipe, validate
 from .schedule import Schedule, build_optimizer
-from .step import TrainStep, build_step, compiled
+from .step import TrainStep, build_step, compiled, without_cuda_graphs
 
 err = console(stderr=True)
 
@@ -53,8 +54,10 @@ class RunOptions:
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # auto | bf16 | fp16 | off
     channels_last: Optional[bool] = None  # default: on for CUDA, off on CPU (measured: see README)
-    compile: bool = False  # torch.compile the step (model, loss, clipping) and the resident augmentation
+    compile: bool = False  # torch.compile the step (model, loss, clipping) and the evaluation
     compile_mode: Optional[str] = None  # torch.compile's mode: default | reduce-overhead | max-autotune ...
+    cuda_graphs: Optional[bool] = None  # capture the whole step in a CUDA graph (default: wherever it can be)
+    checkpoint_every: int = 5  # epochs between writes of last.pt (it is also written at the end and on a stop)
     subset: Optional[int] = None  # class-balanced subset of the train split
     eval_subset: Optional[int] = None  # class-balanced subset of val and test (quick runs)
     num_workers: int = 2
@@ -81,12 +84,15 @@ class Run:
     model: Optional[torch.nn.Module] = None  # the bare network: its state is what checkpoints hold
     net: Optional[torch.nn.Module] = None  # what is trained: fed as the recipe says, DDP-wrapped
     eval_net: Optional[torch.nn.Module] = None  # net, compiled for evaluation with --compile
+    eval_shape: Optional[int] = None  # with --compile, every evaluation batch is padded to this many images
     step: Optional[TrainStep] = None
+    books: Optional["Books"] = None
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0})
     start_epoch: int = 1
     config: dict[str, Any] = field(default_factory=dict)
     wall0: float = 0.0  # perf_counter() at which the run's wall clock (continued across resumes) started
+    compile0: float = field(default_factory=compile_seconds)  # this process's compile time before the run
 
     @property
     def out(self) -> Path:
@@ -106,6 +112,8 @@ def fit(opt: RunOptions) -> dict[str, Any]:
         train(run)
         return finish(run)
     finally:
+        if run.books is not None:
+            run.books.close(interrupted=True)  # after a failure: what finished is written (a no-op once closed)
         distributed.shutdown(run.world)
 
 
@@ -115,6 +123,8 @@ def start(opt: RunOptions) -> Run:
         validate(opt.recipe)
         if opt.compile_mode not in (None, *COMPILE_MODES):
             raise ValueError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, got {opt.compile_mode!r}")
+        if opt.checkpoint_every < 1:
+            raise ValueError(f"--checkpoint-every must be at least 1, got {opt.checkpoint_every}")
         world = distributed.world_from_env()
         device = resolve_device(opt.device, world.local_rank)
         amp_dtype = resolve_amp(opt.amp, device)
@@ -126,6 +136,9 @@ def start(opt: RunOptions) -> Run:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # training batches have one static shape (drop_last)
+        torch.backends.cuda.matmul.allow_tf32 = True  # float32 products (the loss's, --amp off) on tensor cores
+    if opt.compile:
+        use_compile_cache()
     distributed.init(world, device, opt.dist_timeout)
     channels_last = device.type == "cuda" if opt.channels_last is None else opt.channels_last
     return Run(opt, opt.recipe, world, device, amp_dtype=amp_dtype, channels_last=channels_last)
@@ -180,9 +193,7 @@ def load_data(run: Run) -> None:
               if opt.subset else None)
     common = dict(device=run.device, dtype=run.amp_dtype or torch.float32, channels_last=run.channels_last,
                   seed=r.seed, rank=world.rank, world_size=world.world_size, num_workers=opt.num_workers)
-    if r.loader == "resident" and opt.compile:  # the augmentation is part of the hot path: compile it too
-        common.update(compile=True, compile_mode=opt.compile_mode)
-    eval_batch = max(256, r.batch_size // world.world_size)
+    eval_batch = max(EVAL_BATCH, r.batch_size // world.world_size)
     run.loaders["train"] = make_loader(data, "train", r.loader, batch_size=r.batch_size // world.world_size,
                                        pca=r.pca, pca_sigma=r.pca_sigma, indices=subset, **common)
     run.loaders["val"] = None
@@ -193,6 +204,9 @@ def load_data(run: Run) -> None:
         run.loaders[name] = make_loader(data, name, r.loader, batch_size=eval_batch, indices=indices, **common)
     run.identity = {"train": digests["train"], "val": digests.get("val"),
                     "subset": None if subset is None else [int(i) for i in subset]}
+
+
+EVAL_BATCH = 500  # images per evaluation batch: few launches on a GPU, and bounded memory on a CPU
 
 
 def _subset(labels: np.ndarray, n: int, seed: int, num_classes: int, flag: str = "--subset") -> np.ndarray:
@@ -222,9 +236,15 @@ def build(run: Run) -> None:
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[run.device.index] if run.device.type == "cuda" else None)
     run.model, run.net = model, net
-    run.step = build_step(net, optimizer, schedule, amp_dtype=run.amp_dtype, clip_grad_norm=r.clip_grad_norm,
-                          label_smoothing=r.label_smoothing, compile=opt.compile, compile_mode=opt.compile_mode)
-    run.eval_net = compiled(net, opt.compile_mode) if opt.compile else net
+    try:
+        run.step = build_step(net, optimizer, schedule, amp_dtype=run.amp_dtype, clip_grad_norm=r.clip_grad_norm,
+                              label_smoothing=r.label_smoothing, compile=opt.compile, compile_mode=opt.compile_mode,
+                              capture=opt.cuda_graphs)
+    except ValueError as exc:
+        raise TrainingError(f"--cuda-graphs: {exc}") from None
+    mode = without_cuda_graphs(opt.compile_mode) if run.step.capture else opt.compile_mode
+    run.eval_net = compiled(net, mode) if opt.compile else net
+    run.eval_shape = run.loaders["test"].cfg.batch_size if opt.compile else None
 
 
 def resume(run: Run) -> None:
@@ -272,7 +292,8 @@ def record_config(run: Run) -> None:
         "type": "config", "recipe": run.recipe.to_dict(), "git_commit": git_commit(), "command": opt.command,
         "device": str(run.device), "amp": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else "off",
         "channels_last": run.channels_last, "compile": opt.compile,
-        "compile_mode": opt.compile_mode if opt.compile else None, "world_size": run.world.world_size,
+        "compile_mode": opt.compile_mode if opt.compile else None, "step": run.step.kind,
+        "checkpoint_every": opt.checkpoint_every, "world_size": run.world.world_size,
         "subset": opt.subset, "eval_subset": opt.eval_subset, "data": str(opt.data),
         "data_sha256": {split: run.identity[split] for split in ("train", "val")},
         "torch": str(torch.__version__), "python": sys.version.split()[0]}
@@ -289,30 +310,38 @@ def record_config(run: Run) -> None:
 
 
 def train(run: Run) -> None:
-    """The epochs: train, validate, step the schedule, checkpoint. A Ctrl-C stops between two steps."""
+    """The epochs: train, validate, step the schedule, keep what an epoch's end must keep. A Ctrl-C stops between
+    two steps; on the way out, for whatever reason, the last finished epoch is written (`Books.close`)."""
     r, world = run.recipe, run.world
     run.wall0 = time.perf_counter() - (run.history[-1]["wall_seconds"] if run.history else 0.0)
     epoch = run.start_epoch - 1
     progress = EpochProgress(err) if world.is_main else None
+    run.books = Books(run)
     with GracefulInterrupt() as stop, progress or contextlib.nullcontext():
         ctx = EpochContext(run.step, world, run.device, run.opt.log_every, stop, progress)
         try:
             for epoch in range(run.start_epoch, r.epochs + 1):
+                t0, compiling = time.perf_counter(), compile_seconds()
                 run.loaders["train"].set_epoch(epoch)
                 lr = run.step.schedule.lr
                 stats = train_epoch(ctx, run.net, run.loaders["train"], epoch)
+                t_val = time.perf_counter()
                 val = _validate(run)
+                val_seconds = time.perf_counter() - t_val
                 run.step.schedule.after_epoch(val["loss"])
                 run.history.append({"type": "epoch", "epoch": epoch, **stats, "val_loss": val["loss"],
                                     "val_acc": val["top1"], "val_top5": val["top5"], "val_images": val["images"],
-                                    "lr": lr, "epoch_seconds": stats["train_seconds"],
-                                    "wall_seconds": time.perf_counter() - run.wall0})
-                _publish_epoch(run, epoch, improved=val["top1"] is None or val["top1"] > run.best["val_acc"])
+                                    "val_seconds": val_seconds, "lr": lr})
+                _end_epoch(run, epoch, t0, compiling)
         except (Interrupted, KeyboardInterrupt) as exc:
             signum = exc.signum if isinstance(exc, Interrupted) else (stop.requested or signal.SIGINT)
-            done = f"{run.out / 'last.pt'} holds the end of epoch {epoch - 1}" if epoch > 1 else "no epoch had finished"
+            kept = run.books.close(interrupted=True)
+            done = (f"{run.out / 'last.pt'} holds the end of epoch {kept}" if kept else "no epoch had finished")
             raise RunInterrupted(f"interrupted ({signal.Signals(signum).name}) during epoch {epoch}; {done}: "
                                  f"continue with `alexpipe train --out {run.out} --resume`", signum) from None
+        except BaseException:
+            run.books.close(interrupted=True)
+            raise
 
 
 def _validate(run: Run) -> dict[str, Any]:
@@ -320,29 +349,131 @@ def _validate(run: Run) -> dict[str, Any]:
     if run.loaders["val"] is None:
         return {"loss": None, "top1": None, "top5": None, "images": 0}
     return evaluate(run.eval_net, run.loaders["val"], run.amp_dtype, run.recipe.tta_flip, len(run.classes),
-                    run.world)
+                    run.world, pad_to=run.eval_shape)
 
 
-def _publish_epoch(run: Run, epoch: int, improved: bool) -> None:
-    """End of an epoch: every rank's RNG state to rank 0, which writes the checkpoints (atomic), the metrics
-    file, the curves and one line; then every rank waits for it."""
-    if improved:  # without a val split every epoch is the best so far: best.pt is the last epoch
-        run.best = {"val_acc": run.history[-1]["val_acc"], "epoch": epoch}
-    rngs = _gather(checkpoint.rng_state(), run.world)
+def _end_epoch(run: Run, epoch: int, t0: float, compiling: float) -> None:
+    """An epoch's end: remember the best weights and this epoch's state (copies on the device), have the files
+    written in the background, and record how long all of it kept the epoch from training
+    (`outside_seconds`)."""
+    rec = run.history[-1]
+    if rec["val_acc"] is None or rec["val_acc"] > run.best["val_acc"]:  # no val split: every epoch is the best
+        run.best = {"val_acc": rec["val_acc"], "epoch": epoch}
+        if run.world.is_main:
+            run.books.best.take({"model": run.model.state_dict()}, epoch=epoch)
+    rngs = _gather(checkpoint.rng_state(), run.world)  # every rank's: a resumed rank continues its own draws
     if run.world.is_main:
-        step = run.step
-        state = {"epoch": epoch, "model": run.model.state_dict(), "optimizer": step.optimizer.state_dict(),
-                 "schedule": step.schedule.state_dict(),
-                 "scaler": step.scaler.state_dict() if step.scaler.is_enabled() else None, "rng": rngs,
-                 "recipe": run.recipe.to_dict(), "data": run.identity, "history": run.history, "best": run.best,
-                 "classes": list(run.classes), "run": run.config}
-        checkpoint.save_atomic(state, run.out / "last.pt")
-        if improved:
-            checkpoint.save_atomic(state, run.out / "best.pt")
-        write_jsonl(run.out / "metrics.jsonl", [run.config, *run.history])
-        plot_curves(run.history, run.out / "curves.png", title=f"alexpipe {run.recipe.name} recipe")
-        _print_epoch(run.history[-1], run.recipe.epochs)
+        run.books.keep(epoch, rngs)
+    now = time.perf_counter()
+    rec.update(epoch_seconds=now - t0, wall_seconds=now - run.wall0, compile_seconds=compile_seconds() - compiling,
+               outside_seconds=max(0.0, now - t0 - rec["train_seconds"] - rec["val_seconds"]))
+    if run.world.is_main:
+        run.books.publish(epoch)
+        _print_epoch(rec, run.recipe.epochs)
     distributed.barrier(run.world)
+
+
+class Books:
+    """What rank 0 keeps of a run between epochs, and the files it makes of it (train/bookkeeping.py).
+
+    `keep` snapshots the end of every epoch; `publish` queues the files due:
+    last.pt every `--checkpoint-every` epochs and after the last one, the
+    metrics file every epoch, the curves at most once a minute. `close` writes
+    whatever is newer than the files (last.pt, best.pt, the curves) and waits
+    for the writer: at the end, on Ctrl-C, on a failure.
+    """
+
+    CURVES_EVERY = 60.0  # seconds
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.writer = Writer()
+        self.latest, self.best = Snapshot(), Snapshot()
+        self.written = run.start_epoch - 1  # the epoch last.pt holds (a resumed run's, to begin with)
+        self.curves_at = time.perf_counter()
+        self.tail: list[dict[str, Any]] = []  # records after the epochs' in the metrics file (the test's)
+        self.closed = False
+
+    def keep(self, epoch: int, rngs: Any) -> None:
+        """This epoch's end, everything a checkpoint holds but the run's records (added when it is written)."""
+        step = self.run.step
+        self.latest.take({"epoch": epoch, "model": self.run.model.state_dict(),
+                          "optimizer": step.optimizer.state_dict(), "schedule": step.schedule.state_dict(),
+                          "scaler": step.scaler.state_dict() if step.scaler.is_enabled() else None, "rng": rngs},
+                         epoch=epoch, history=len(self.run.history), best=dict(self.run.best))
+
+    def publish(self, epoch: int) -> None:
+        if epoch % self.run.opt.checkpoint_every == 0 or epoch == self.run.recipe.epochs:
+            self._last()
+        self._submit(self._metrics)
+        if time.perf_counter() - self.curves_at >= self.CURVES_EVERY:
+            self._curves()
+
+    def close(self, interrupted: bool = False) -> int:
+        """Write what is not yet on disk and wait for it; the epoch last.pt then holds. After a failure, a write
+        that fails too is not raised over the first error; a second Ctrl-C abandons the writes."""
+        if self.closed or not self.run.world.is_main:
+            return self.written
+        self.closed = True
+        try:
+            if not self.latest.empty and self.latest.meta["epoch"] > self.written:
+                self._last()
+            if not self.best.empty:
+                self._submit(self._best_file, reads=self.best)
+            if self.run.history:
+                self._submit(self._metrics)
+                self._curves()
+            self.writer.drain()
+        except KeyboardInterrupt:
+            remove_temporaries(self.run.out, RUN_FILES)
+            self.written = self._on_disk()
+        except WriteFailed as exc:
+            if not interrupted:
+                raise TrainingError(str(exc)) from None
+            err.print(f"note: {literal(exc)}")
+        finally:
+            self.writer.close()
+        return self.written
+
+    def _on_disk(self) -> int:
+        try:
+            return int(checkpoint.load(self.run.out / "last.pt")["epoch"])
+        except (ValueError, KeyError, TypeError):
+            return 0
+
+    def _submit(self, job, reads: Optional[Snapshot] = None) -> None:
+        try:
+            self.writer.submit(job, reads=reads)
+        except WriteFailed as exc:
+            raise TrainingError(str(exc)) from None
+
+    def _last(self) -> None:
+        meta = self.latest.meta
+        self.written = meta["epoch"]
+        self._submit(lambda state: checkpoint.save_atomic(self._records(state, meta), self.run.out / "last.pt"),
+                     reads=self.latest)
+
+    def _best_file(self, state: dict) -> None:
+        """best.pt: the best epoch's weights and the run's records up to it (no optimiser: it is for evaluating)."""
+        epoch = self.best.meta["epoch"]
+        meta = {"history": sum(1 for h in self.run.history if h["epoch"] <= epoch), "best": self.run.best}
+        checkpoint.save_atomic(self._records({**state, "epoch": epoch}, meta), self.run.out / "best.pt")
+
+    def _records(self, state: dict, meta: dict) -> dict:
+        run = self.run
+        return {**checkpoint.plain_numbers(state), "recipe": run.recipe.to_dict(), "data": run.identity,
+                "history": [dict(h) for h in run.history[:meta["history"]]], "best": meta["best"],
+                "classes": list(run.classes), "run": run.config}
+
+    def _metrics(self) -> None:
+        records = [self.run.config, *[dict(h) for h in self.run.history], *self.tail]
+        write_jsonl(self.run.out / "metrics.jsonl", records)
+
+    def _curves(self) -> None:
+        self.curves_at = time.perf_counter()
+        history = [dict(h) for h in self.run.history]
+        self._submit(lambda: plot_curves(history, self.run.out / "curves.png",
+                                         title=f"alexpipe {self.run.recipe.name} recipe"))
 
 
 def _print_epoch(rec: dict[str, Any], epochs: int) -> None:
@@ -365,7 +496,8 @@ def _gather(value: Any, world: distributed.World) -> Any:
 def finish(run: Run) -> dict[str, Any]:
     """Test the final weights, check the ranks agree on them, write metrics.jsonl and summary.json."""
     r, world = run.recipe, run.world
-    test = evaluate(run.eval_net, run.loaders["test"], run.amp_dtype, r.tta_flip, len(run.classes), world)
+    test = evaluate(run.eval_net, run.loaders["test"], run.amp_dtype, r.tta_flip, len(run.classes), world,
+                    pad_to=run.eval_shape)
     digests = _gather(_weight_digest(run.model), world)
     digests = digests if isinstance(digests, list) else [digests]
     if len(set(digests)) > 1:
@@ -377,9 +509,12 @@ def finish(run: Run) -> dict[str, Any]:
                "final_val_acc": last["val_acc"], "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
                "epochs": last["epoch"], "wall_seconds": time.perf_counter() - run.wall0,
                "mean_images_per_s": float(np.mean([h["images_per_s"] for h in run.history])),
+               "compile_seconds": compile_seconds() - run.compile0, "capture_seconds": run.step.capture_seconds,
+               "outside_seconds": float(sum(h.get("outside_seconds", 0.0) for h in run.history)),
                "classes": list(run.classes), "world_size": world.world_size, "rank_weight_digests": digests}
+    run.books.tail = [summary]
+    run.books.close()
     if world.is_main:
-        write_jsonl(run.out / "metrics.jsonl", [run.config, *run.history, summary])
         write_json(run.out / "summary.json", summary)
         val = (f"val {100 * summary['final_val_acc']:.2f}% (best {100 * best['val_acc']:.2f}% at epoch "
                f"{best['epoch']})" if best["val_acc"] is not None else "no val split")

@@ -53,7 +53,9 @@ class Schedule:
 
     @property
     def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        """The current learning rate. A device tensor once the step is captured (train/step.py): reading it then
+        waits for the device, which the loop does only at an epoch's end and on a progress line."""
+        return float(self.optimizer.param_groups[0]["lr"])
 
     def state_dict(self) -> dict:
         return self.sched.state_dict()
