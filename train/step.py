@@ -84,6 +84,7 @@ class TrainStep:
         self._steps = 0  # steps run so far by this object (capture happens after WARMUP_STEPS)
         self.capture_seconds = 0.0  # host time spent recording the graph
         self._graph: Optional[torch.cuda.CUDAGraph] = None
+        self._side: Optional[torch.cuda.Stream] = None  # the warm-up steps' stream
         self._static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = ()  # type: ignore[assignment]
 
     @property
@@ -122,7 +123,9 @@ class TrainStep:
 
     def _warmup(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """A real, uncaptured step on a side stream, as CUDA graph capture asks of the steps before it."""
-        main, side = torch.cuda.current_stream(), torch.cuda.Stream()
+        if self._side is None:
+            self._side = torch.cuda.Stream()
+        main, side = torch.cuda.current_stream(), self._side
         side.wait_stream(main)
         with torch.cuda.stream(side):
             self.optimizer.zero_grad(set_to_none=True)
