@@ -91,9 +91,10 @@ RecipeName = Annotated[Optional[_choice("RecipeName", RECIPES)], typer.Option("-
                                                    help="Named recipe [default: blog, or the run's own with "
                                                         "--resume].")]
 Device = Annotated[_choice("Device", DEVICES), typer.Option(help="auto: a GPU when there is one.")]
-Amp = Annotated[_choice("Amp", AMP_MODES), typer.Option(help="Mixed precision: auto (bf16 where the "
+Amp = Annotated[Optional[_choice("Amp", AMP_MODES)], typer.Option(help="Mixed precision: auto (bf16 where the "
                                   "hardware does it natively, else fp16 on CUDA, off on other CPUs) | bf16 | fp16 "
-                                  "(with a gradient scaler) | off.")]
+                                  "(with a gradient scaler) | off [default: auto, or the run's own with --resume].",
+                                  show_default=False)]
 ChannelsLast = Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last",
                                                       help="Memory format [default: on for CUDA, off on CPU].")]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the hot path: the model with its loss "
@@ -134,25 +135,32 @@ def train_cmd(
     gamma: Gamma = None, patience: Patience = None, warmup_epochs: Warmup = None, clip_grad_norm: Clip = None,
     init: Init = None, dropout: Dropout = None, label_smoothing: Smoothing = None, pca: Pca = None,
     inputs: Inputs = None, pca_sigma: PcaSigma = None, loader: Loader = None, tta_flip: TtaFlip = None,
-    seed: Seed = None, model: Model = None, device: Device = "auto", amp: Amp = "auto",
+    seed: Seed = None, model: Model = None, device: Device = "auto", amp: Amp = None,
     channels_last: ChannelsLast = None, compile: Compile = False, compile_mode: CompileMode = "default",
-    cuda_graphs: CudaGraphs = None, checkpoint_every: CheckpointEvery = 5, subset: Subset = None, eval_subset: EvalSubset = None, workers: Workers = 2, resume: Resume = False,
-    force: Force = False, log_every: LogEvery = 20, scale_lr: ScaleLr = False, dist_timeout: DistTimeout = 600.0,
+    cuda_graphs: CudaGraphs = None, checkpoint_every: CheckpointEvery = 5, subset: Subset = None,
+    eval_subset: EvalSubset = None, workers: Workers = 2, resume: Resume = False, force: Force = False, log_every: LogEvery = 20, scale_lr: ScaleLr = False, dist_timeout: DistTimeout = 600.0,
 ) -> None:
     """Train AlexNet on converted CIFAR-10 (default: the write-up's 49-epoch recipe)."""
     given = {k: _plain(v) for k, v in locals().items()}
     changes = _overrides(**{k: given[k] for k in _RECIPE_OPTIONS})
     recipe, device, amp, compile_mode = (given[k] for k in ("recipe", "device", "amp", "compile_mode"))
+    data_from = None
     try:
         if resume:
             base, saved = _saved_run(out)
-            if recipe is not None and recipe != base.name and not force:
-                fail(f"{out} was trained with recipe {base.name!r}, not {recipe!r} (pass --force to switch)")
+            if recipe is not None and recipe != base.name:
+                if not force:
+                    fail(f"{out} was trained with recipe {base.name!r}, not {recipe!r} (pass --force to switch to "
+                         "it from the resumed epoch on)")
+                base = get_recipe(recipe)
             subset = saved.get("subset") if subset is None else subset
+            amp = _SAVED_AMP.get(saved.get("amp"), "auto") if amp is None else amp
             eval_subset = saved.get("eval_subset") if eval_subset is None else eval_subset
-            data = data if data is not None else Path(saved.get("data") or DEFAULT_DATA)
+            if data is None and saved.get("data"):
+                data, data_from = Path(saved["data"]), str(out / "config.json")
         else:
             base = get_recipe(recipe or "blog")
+        amp = amp or "auto"
         r = base.replace(**changes)
         if scale_lr:
             r = r.replace(lr=r.lr * r.batch_size / base.batch_size)
@@ -161,6 +169,7 @@ def train_cmd(
     _run(data if data is not None else DEFAULT_DATA, out, r, dict(
         device=device, amp=amp, channels_last=channels_last, compile=compile, compile_mode=compile_mode,
         cuda_graphs=cuda_graphs, checkpoint_every=checkpoint_every, subset=subset, eval_subset=eval_subset,
+        data_from=data_from,
         num_workers=workers, resume=resume, force=force, log_every=max(1, log_every), dist_timeout=dist_timeout,
         command=" ".join(shlex.quote(a) for a in ["alexpipe", *sys.argv[1:]])))
 
@@ -176,6 +185,9 @@ def _run(data: Path, out: Path, recipe: Recipe, options: dict) -> None:
         fit(RunOptions(data=data, out=out, recipe=recipe, **options))
     except (TrainingError, DataError, ValueError) as exc:
         fail(str(exc), getattr(exc, "exit_code", 1))
+
+
+_SAVED_AMP = {"bfloat16": "bf16", "float16": "fp16", "off": "off"}  # config.json's record -> --amp
 
 
 def _saved_run(out: Path) -> tuple[Recipe, dict]:

@@ -25,6 +25,27 @@ class Interrupted(Exception):
         self.signum = signum
 
 
+class StopNow:
+    """While active (the main thread only), SIGINT and SIGTERM raise Interrupted at once: for the work before
+    the first step and after the last (verifying data, building, testing), where there is nothing to finish."""
+
+    def __init__(self) -> None:
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        raise Interrupted(signum)
+
+    def __enter__(self) -> "StopNow":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+
 class GracefulInterrupt:
     """While active (the main thread only), SIGINT and SIGTERM set `requested` (the signal's number)."""
 

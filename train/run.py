@@ -7,21 +7,24 @@ one `Run`. docs/design.md says where each step's responsibility ends.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import random
+import shlex
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 
+from alexpipe.lock import LockHeld, exclusive
 from alexpipe.model import build_model
-from alexpipe.pipeline import load_split, make_loader, verify_dataset
+from alexpipe.pipeline import DataError, load_split, make_loader, verify_dataset
 from alexpipe.pipeline.integrity import read_manifest
 from alexpipe.pipeline.sampling import ShortClass, balanced_choice
 from alexpipe.provenance import git_commit
@@ -32,7 +35,7 @@ from .bookkeeping import Snapshot, WriteFailed, Writer, remove_temporaries
 from .errors import RunInterrupted, TrainingError
 from .hardware import COMPILE_MODES, compile_seconds, resolve_amp, resolve_device, use_compile_cache
 from .inputs import feed
-from .interrupt import GracefulInterrupt, Interrupted
+from .interrupt import GracefulInterrupt, Interrupted, StopNow
 from .loop import EpochContext, evaluate, train_epoch
 from .metrics import write_json, write_jsonl
 from .plot import plot_curves
@@ -66,6 +69,7 @@ class RunOptions:
     log_every: int = 20
     command: str = ""
     dist_timeout: float = 600.0  # seconds before a stuck collective fails the job
+    data_from: Optional[str] = None  # where --data came from when the user did not give it (a run's config.json)
 
 
 @dataclass
@@ -91,6 +95,7 @@ class Run:
     best: dict[str, Any] = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0})
     start_epoch: int = 1
     config: dict[str, Any] = field(default_factory=dict)
+    resumed: Optional[dict[str, Any]] = None  # after `resume`: the epoch it continues after, and what changed
     wall0: float = 0.0  # perf_counter() at which the run's wall clock (continued across resumes) started
     compile0: float = field(default_factory=compile_seconds)  # this process's compile time before the run
 
@@ -103,14 +108,25 @@ def fit(opt: RunOptions) -> dict[str, Any]:
     """Train `opt.recipe` on `opt.data` into `opt.out`; returns the final summary."""
     run = start(opt)
     try:
-        prepare_out(run)
-        load_data(run)
-        build(run)
-        if opt.resume:
-            resume(run)
-        record_config(run)
-        train(run)
-        return finish(run)
+        with StopNow(), locked_out(run):
+            prepare_out(run)
+            load_data(run)
+            build(run)
+            if opt.resume:
+                resume(run)
+            record_config(run)
+            train(run)
+            return finish(run)
+    except Interrupted as exc:  # before the first step or after the last (train() handles its own)
+        kept = run.books.close(interrupted=True) if run.books is not None else 0
+        if kept:
+            done = f"after training; {run.out / 'last.pt'} holds the end of epoch {kept}"
+        elif opt.resume:
+            done = f"before the first epoch; {run.out / 'last.pt'} is as it was"
+        else:
+            done = "before the first epoch; nothing to resume: the same command starts the run again"
+        hint = f": continue with `{_resume_hint(run)}`" if kept or opt.resume else ""
+        raise RunInterrupted(f"interrupted ({signal.Signals(exc.signum).name}) {done}{hint}", exc.signum) from None
     finally:
         if run.books is not None:
             run.books.close(interrupted=True)  # after a failure: what finished is written (a no-op once closed)
@@ -144,24 +160,58 @@ def start(opt: RunOptions) -> Run:
     return Run(opt, opt.recipe, world, device, amp_dtype=amp_dtype, channels_last=channels_last)
 
 
-def prepare_out(run: Run) -> None:
-    """The run folder must be new, empty, or an alexpipe run (then --resume or --force): nothing else of the
-    user's is ever overwritten. It is made only once everything else has been checked (`record_config`)."""
+RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt", "summary.json")
+RUN_LOCK = ".alexpipe.lock"  # held by the live run in its folder (alexpipe/lock.py); gone when it ends
+
+
+@contextlib.contextmanager
+def locked_out(run: Run) -> Iterator[None]:
+    """The run folder, locked by this run for its whole life (rank 0, the one that writes): a second run, a
+    --resume or a --force into it is refused while this one lives. The folder is made for the lock; if the run
+    fails before it records anything, the folders made for it are removed again."""
     out, data = run.out, Path(run.opt.data)
+    if not run.world.is_main:
+        yield
+        return
     if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
         raise TrainingError(f"--out {out} is the data folder {data} or inside it: choose another run folder")
+    if out.is_symlink() and not out.exists():
+        raise TrainingError(f"--out {out} is a symbolic link to {out.readlink()}, which does not exist")
     if out.exists() and not out.is_dir():
         raise TrainingError(f"--out {out} exists and is not a folder")
-    if run.opt.resume or not out.is_dir() or not any(out.iterdir()):
+    made = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        with contextlib.ExitStack() as held:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                held.enter_context(exclusive(out / RUN_LOCK))
+            except LockHeld as lock:
+                raise TrainingError(f"another alexpipe run (process {lock.pid or 'unknown'}) is using {out}: wait "
+                                    "for it to end, or stop it") from None
+            except OSError as exc:
+                raise TrainingError(f"cannot use the run folder {out}: {exc.strerror or exc}") from None
+            yield
+    finally:
+        if not (out / "config.json").exists():  # nothing recorded: leave no folder behind
+            for folder in made:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+def prepare_out(run: Run) -> None:
+    """The run folder must be new, empty, or an alexpipe run (then --resume or --force; a run that never
+    finished an epoch is simply started again): nothing else of the user's is ever overwritten."""
+    out = run.out
+    entries = [p for p in out.iterdir() if p.name != RUN_LOCK] if out.is_dir() else []
+    if run.opt.resume or not entries:
         return
     if not _holds_run(out):
         raise TrainingError(f"--out {out} holds files that are not an alexpipe run: train writes only into a new "
                             "or empty folder, or one of its own runs (which --force replaces)")
+    if not (out / "last.pt").exists():
+        return  # its first epoch never finished: starting again loses nothing
     if not run.opt.force:
         raise TrainingError(f"{out} already holds a run; pass --resume to continue it, or --force to start over")
-
-
-RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt", "summary.json")
 
 
 def _holds_run(out: Path) -> bool:
@@ -178,8 +228,13 @@ def load_data(run: Run) -> None:
     asked), each rank its shard. Everything the run will need is checked here, before the first step."""
     opt, r, world = run.opt, run.recipe, run.world
     data = Path(opt.data)
-    splits = ["train", "val", "test"] if "val.safetensors" in read_manifest(data)["files"] else ["train", "test"]
-    digests = verify_dataset(data, splits)  # the digests of the bytes read, not the ones recorded
+    try:
+        splits = ["train", "val", "test"] if "val.safetensors" in read_manifest(data)["files"] else ["train", "test"]
+        digests = verify_dataset(data, splits)  # the digests of the bytes read, not the ones recorded
+    except DataError as exc:
+        if opt.data_from is None:
+            raise
+        raise DataError(f"{exc} (the data folder recorded in {opt.data_from}; pass --data to use another)") from None
     if "val" not in splits:
         if r.schedule == "plateau":
             raise TrainingError(f"{data} has no val split (converted with --val-size 0), and the plateau schedule "
@@ -202,7 +257,7 @@ def load_data(run: Run) -> None:
         indices = (_subset(labels, opt.eval_subset, r.seed, len(run.classes), "--eval-subset")
                    if opt.eval_subset else None)
         run.loaders[name] = make_loader(data, name, r.loader, batch_size=eval_batch, indices=indices, **common)
-    run.identity = {"train": digests["train"], "val": digests.get("val"),
+    run.identity = {"train": digests["train"], "val": digests.get("val"), "test": digests["test"],
                     "subset": None if subset is None else [int(i) for i in subset]}
 
 
@@ -248,60 +303,112 @@ def build(run: Run) -> None:
 
 
 def resume(run: Run) -> None:
-    """Continue from last.pt: weights, optimiser (in this run's layout and device), schedule, scaler, RNGs."""
+    """Continue from last.pt: weights, optimiser (in this run's layout and device), schedule, scaler, RNGs.
+
+    With --force, changed settings take effect from here on, and the run's
+    config records where (`resumes`): the optimiser's hyper-parameters are
+    this recipe's, and a changed schedule continues from the resumed step as
+    if it had been this recipe's from the start (the cuts a plateau schedule
+    has made carry over).
+    """
     ckpt = checkpoint.load(run.out / "last.pt")
-    _check_resumable(ckpt, run)
-    step = run.step
+    changes = _check_resumable(ckpt, run)
+    step, r = run.step, run.recipe
     run.model.load_state_dict(ckpt["model"])
     checkpoint.restore_optimizer(step.optimizer, ckpt["optimizer"])
-    step.schedule.load_state_dict(ckpt["schedule"])
+    for group in step.optimizer.param_groups:  # the recipe's, whatever the checkpoint's groups said
+        group.update(momentum=r.momentum, nesterov=r.nesterov, weight_decay=r.weight_decay)
+    saved = Recipe.from_dict(ckpt["recipe"])
+    if _shaping(saved, r) & set(changes):
+        step.schedule.continue_from(ckpt["schedule"], saved, ckpt["epoch"], ckpt["optimizer"]["param_groups"][0]["lr"])
+    else:
+        step.schedule.load_state_dict(ckpt["schedule"])
     if step.scaler.is_enabled() and ckpt.get("scaler"):
         step.scaler.load_state_dict(ckpt["scaler"])
     run.history, run.best, run.start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
     rngs = ckpt["rng"]
     checkpoint.set_rng_state(rngs[run.world.rank] if isinstance(rngs, list) else rngs)
+    run.resumed = {"after_epoch": ckpt["epoch"], "changes": changes, "before": ckpt.get("run") or {}}
     if run.world.is_main:
-        err.print(f"resuming {literal(run.out)} after epoch {ckpt['epoch']} of {run.recipe.epochs}")
+        changed = "; changed from here on: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()) \
+            if changes else ""
+        err.print(f"resuming {literal(run.out)} after epoch {ckpt['epoch']} of {r.epochs}{literal(changed)}")
 
 
-def _check_resumable(ckpt: dict, run: Run) -> None:
+def _shaping(saved: Recipe, now: Recipe) -> set[str]:
+    """The recipe fields whose change reshapes the learning-rate schedule; epochs and the batch size only for
+    one-cycle, whose curve spans the run's steps."""
+    fields = {"lr", "schedule", "step_epochs", "gamma", "patience", "warmup_epochs"}
+    return fields | ({"epochs", "batch_size"} if "onecycle" in (saved.schedule, now.schedule) else set())
+
+
+def _check_resumable(ckpt: dict, run: Run) -> dict[str, tuple[Any, Any]]:
+    """What differs between the checkpoint's run and this one ({name: (before, now)}), after refusing what cannot
+    be resumed at all, and, without --force, any change of the maths."""
     saved_world = len(ckpt["rng"]) if isinstance(ckpt["rng"], list) else 1
     if saved_world != run.world.world_size:  # per-rank RNG states and shards would not line up
         raise TrainingError(f"cannot resume: the run used {saved_world} process(es), this is "
                             f"{run.world.world_size}")
-    r, problems = run.recipe, []
-    saved = Recipe.from_dict(ckpt["recipe"])
-    diff = {k: (v, getattr(r, k)) for k, v in saved.to_dict().items() if k != "epochs" and r.to_dict()[k] != v}
-    if diff:
-        problems.append("the recipe differs from the run's: " +
-                        ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()))
+    had_val, has_val = ckpt["data"].get("val") is not None, run.identity.get("val") is not None
+    if had_val != has_val:  # best.pt, the plateau schedule and the records all depend on it
+        raise TrainingError(f"cannot resume: the run was trained {'with' if had_val else 'without'} a val split, "
+                            f"and {run.opt.data} has {'none' if had_val else 'one'}; start a new run")
+    r, saved = run.recipe, Recipe.from_dict(ckpt["recipe"])
+    changes = {k: (v, getattr(r, k)) for k, v in saved.to_dict().items() if r.to_dict()[k] != v}
+    visible = {k: v for k, v in changes.items() if k != "epochs" or k in _shaping(saved, r)}  # else: just go on
+    before, now = ckpt.get("run") or {}, _options(run)
+    settings = {k: (before[k], now[k]) for k in ("amp", "eval_subset") if k in before and before[k] != now[k]}
+    changes.update(settings)
+    problems = [f"{what} from the run's: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
+                for what, diff in (("the recipe differs", visible), ("its settings differ", settings)) if diff]
+    if "epochs" in visible:
+        problems.append(f"the one-cycle schedule anneals the lr to 0 at its last epoch, so --force rebuilds it "
+                        f"for {r.epochs} epochs from epoch {ckpt['epoch'] + 1}")
     for key in ("train", "val", "subset"):
         if ckpt["data"].get(key) != run.identity.get(key):
             problems.append(f"the {key} data differs from the one the run was trained on")
+            changes[f"{key} data"] = ("before", "another")
     if ckpt["epoch"] >= r.epochs:
         problems.append(f"the run already finished its {ckpt['epoch']} epochs (raise --epochs to continue)")
     if problems and not run.opt.force:
-        raise TrainingError("cannot resume: " + "; ".join(problems) + " (pass --force to resume anyway)")
+        raise TrainingError("cannot resume: " + "; ".join(problems) + " (pass --force to resume anyway, with "
+                            "the new settings from the resumed epoch on)")
+    return changes
+
+
+def _options(run: Run) -> dict[str, Any]:
+    """The run's settings that are not recipe fields, as config.json records them."""
+    opt = run.opt
+    return {"device": str(run.device), "amp": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else "off",
+            "channels_last": run.channels_last, "compile": opt.compile,
+            "compile_mode": opt.compile_mode if opt.compile else None, "step": run.step.kind,
+            "checkpoint_every": opt.checkpoint_every, "world_size": run.world.world_size, "subset": opt.subset,
+            "eval_subset": opt.eval_subset}
 
 
 def record_config(run: Run) -> None:
-    """Make the run folder (now that everything has been checked), clear an old run's files with --force, and
-    write config.json: the resolved recipe, the options, the data's identity and where the code came from."""
+    """Clear an old run's files (with --force, or a run that never finished an epoch), and write config.json:
+    the resolved recipe, the options, the data's identity, where the code came from, and the run's history —
+    its first command, then each resume with its time, commit and changes."""
     opt = run.opt
+    now = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": opt.command, "git_commit": git_commit()}
+    first = run.resumed["before"] if run.resumed else {}
+    resumes = list(first.get("resumes") or [])
+    if run.resumed:
+        resumes.append({**now, "after_epoch": run.resumed["after_epoch"],
+                        "changes": {k: list(v) if isinstance(v, tuple) else v
+                                    for k, v in run.resumed["changes"].items()}})
     run.config = {
-        "type": "config", "recipe": run.recipe.to_dict(), "git_commit": git_commit(), "command": opt.command,
-        "device": str(run.device), "amp": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else "off",
-        "channels_last": run.channels_last, "compile": opt.compile,
-        "compile_mode": opt.compile_mode if opt.compile else None, "step": run.step.kind,
-        "checkpoint_every": opt.checkpoint_every, "world_size": run.world.world_size,
-        "subset": opt.subset, "eval_subset": opt.eval_subset, "data": str(opt.data),
-        "data_sha256": {split: run.identity[split] for split in ("train", "val")},
-        "torch": str(torch.__version__), "python": sys.version.split()[0]}
+        "type": "config", "recipe": run.recipe.to_dict(), **now, **_options(run),
+        "data": str(Path(opt.data).resolve()), "data_sha256": {s: run.identity[s] for s in ("train", "val", "test")},
+        "torch": str(torch.__version__), "python": sys.version.split()[0], "resumes": resumes}
+    for key in ("time", "command", "git_commit"):  # the run's own: how it first started
+        run.config[key] = first.get(key, run.config[key])
     if not run.world.is_main:
         return
     try:
-        run.out.mkdir(parents=True, exist_ok=True)
-        if opt.force and not opt.resume:
+        if not opt.resume:
             for name in RUN_FILES:
                 (run.out / name).unlink(missing_ok=True)
         write_json(run.out / "config.json", run.config)
@@ -335,13 +442,22 @@ def train(run: Run) -> None:
                 _end_epoch(run, epoch, t0, compiling)
         except (Interrupted, KeyboardInterrupt) as exc:
             signum = exc.signum if isinstance(exc, Interrupted) else (stop.requested or signal.SIGINT)
-            kept = run.books.close(interrupted=True)
-            done = (f"{run.out / 'last.pt'} holds the end of epoch {kept}" if kept else "no epoch had finished")
-            raise RunInterrupted(f"interrupted ({signal.Signals(signum).name}) during epoch {epoch}; {done}: "
-                                 f"continue with `alexpipe train --out {run.out} --resume`", signum) from None
+            kept = run.books.close(interrupted=True, abandon=isinstance(exc, KeyboardInterrupt))  # a 2nd signal
+            done = (f"{run.out / 'last.pt'} holds the end of epoch {kept}: continue with `{_resume_hint(run)}`"
+                    if kept else "no checkpoint was written: the same command starts the run again")
+            raise RunInterrupted(f"interrupted ({signal.Signals(signum).name}) during epoch {epoch}; {done}",
+                                 signum) from None
         except BaseException:
             run.books.close(interrupted=True)
             raise
+
+
+def _resume_hint(run: Run) -> str:
+    """The command that continues this run, ready to paste into a shell (under torchrun, torchrun's)."""
+    args = ["-m", "alexpipe", "train", "--out", str(run.out), "--resume"]
+    if run.world.distributed:
+        return shlex.join(["torchrun", "--nproc-per-node", str(run.world.world_size), *args])
+    return shlex.join(["alexpipe", *args[2:]])
 
 
 def _validate(run: Run) -> dict[str, Any]:
@@ -409,13 +525,16 @@ class Books:
         if time.perf_counter() - self.curves_at >= self.CURVES_EVERY:
             self._curves()
 
-    def close(self, interrupted: bool = False) -> int:
+    def close(self, interrupted: bool = False, abandon: bool = False) -> int:
         """Write what is not yet on disk and wait for it; the epoch last.pt then holds. After a failure, a write
-        that fails too is not raised over the first error; a second Ctrl-C abandons the writes."""
+        that fails too is not raised over the first error. A second Ctrl-C (`abandon`, or one arriving while
+        this waits) abandons the writes: their temporary files go, and what is on disk stays as it was."""
         if self.closed or not self.run.world.is_main:
             return self.written
         self.closed = True
         try:
+            if abandon:
+                raise KeyboardInterrupt
             if not self.latest.empty and self.latest.meta["epoch"] > self.written:
                 self._last()
             if not self.best.empty:

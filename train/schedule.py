@@ -29,7 +29,7 @@ def build_optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
 
 class Schedule:
     def __init__(self, optimizer: torch.optim.Optimizer, r: Recipe, steps_per_epoch: int):
-        self.kind = r.schedule
+        self.kind, self.recipe, self.steps_per_epoch = r.schedule, r, steps_per_epoch
         self.optimizer = optimizer
         if r.schedule == "step":
             self.sched: Any = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(r.step_epochs), r.gamma)
@@ -62,6 +62,28 @@ class Schedule:
 
     def load_state_dict(self, state: dict) -> None:
         self.sched.load_state_dict(state)
+
+    def continue_from(self, state: dict, saved: Recipe, epochs_done: int, lr_then: float) -> None:
+        """Take over a resumed run whose schedule settings changed (`saved`: the run's recipe until now; `state`
+        and `lr_then`: its schedule's state and lr at the end of `epochs_done`). From here on the lr is this
+        recipe's schedule at this point of the run, as if it had been the run's from the start; the cuts a
+        plateau schedule made carry over, scaled to the new lr."""
+        r, s = self.recipe, self.sched
+        if self.kind == "step":
+            lr = r.lr * r.gamma ** sum(1 for m in r.step_epochs if m <= epochs_done)
+            s.last_epoch = epochs_done
+        elif self.kind == "onecycle":
+            s.last_epoch = epochs_done * self.steps_per_epoch
+            lr = r.lr * s.lr_lambdas[0](s.last_epoch)
+        else:  # plateau
+            if saved.schedule == "plateau":
+                s.load_state_dict(state)
+            lr = r.lr * (float(lr_then) / saved.lr if saved.schedule == "plateau" else 1.0)
+        for group in self.optimizer.param_groups:
+            group["lr"], group["initial_lr"] = lr, r.lr
+        if hasattr(s, "base_lrs"):
+            s.base_lrs = [r.lr for _ in self.optimizer.param_groups]
+        s._last_lr = [lr for _ in self.optimizer.param_groups]
 
 
 class _one_cycle:

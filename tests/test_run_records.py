@@ -1,0 +1,212 @@
+"""A run folder holds one run, its records say what really happened, and its hints work.
+
+Each test builds the situation a user ran into: two runs in one folder, a first epoch that never finished,
+a resumed run whose settings changed, data that moved."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from alexpipe.pipeline.convert import convert
+from alexpipe.train import checkpoint, distributed, run as run_module
+from alexpipe.train.errors import TrainingError
+from alexpipe.train.metrics import read_jsonl
+from alexpipe.train.recipes import get_recipe
+from alexpipe.train.run import RunOptions, fit
+
+from conftest import make_source, synthetic_batches
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(batch_size=50, dropout=0.0)
+
+
+def _fit(data: Path, out: Path, recipe="blog", **options):
+    changes = {**SMALL, **options.pop("recipe_changes", {})}
+    opts = dict(amp="off", log_every=100, checkpoint_every=1)
+    opts.update(options)
+    return fit(RunOptions(data=data, out=out, recipe=get_recipe(recipe).replace(**changes), **opts))
+
+
+def _epochs(out: Path) -> list[dict]:
+    return [r for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "epoch"]
+
+
+def _cli(*args, cwd=ROOT) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "alexpipe", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_a_live_run_folder_refuses_a_second_run_naming_its_process_and_a_dead_ones_lock_is_taken_over(
+        small_data, tmp_path):
+    out = tmp_path / "run"
+    proc = _cli("train", "--data", small_data, "--out", out, "--epochs", "50", "--batch-size", "50", "--amp",
+                "off", "--checkpoint-every", "1", "--dropout", "0")
+    try:
+        end = time.time() + 300
+        while not (out / "last.pt").exists():  # it holds a run with a checkpoint: --force and --resume apply
+            assert proc.poll() is None and time.time() < end, proc.stdout.read()
+            time.sleep(0.1)
+        for extra in ({"force": True}, {"resume": True, "force": True}, {}):
+            with pytest.raises(TrainingError, match=f"another alexpipe run \\(process {proc.pid}\\) is using"):
+                _fit(small_data, out, recipe_changes={"epochs": 50}, **extra)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(60)
+    held = checkpoint.load(out / "last.pt")["epoch"]
+    summary = _fit(small_data, out, recipe_changes={"epochs": held + 1}, resume=True)  # the dead one's lock is free
+    assert summary["epochs"] == held + 1 and not (out / ".alexpipe.lock").exists()
+
+
+def test_a_run_whose_first_epoch_never_finished_is_started_again_by_the_same_command(small_data, tmp_path,
+                                                                                   monkeypatch):
+    out = tmp_path / "run"
+    real = run_module.train_epoch
+
+    def crash(*args):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(run_module, "train_epoch", crash)
+    with pytest.raises(RuntimeError):
+        _fit(small_data, out, recipe_changes={"epochs": 1})
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    monkeypatch.setattr(run_module, "train_epoch", real)
+    summary = _fit(small_data, out, recipe_changes={"epochs": 1})  # no --force, no --resume: it just starts
+    assert summary["epochs"] == 1 and checkpoint.load(out / "last.pt")["epoch"] == 1
+
+
+def test_a_failure_before_anything_is_recorded_leaves_no_folder(tmp_path):
+    out = tmp_path / "new" / "deeper" / "run"
+    with pytest.raises(Exception):
+        _fit(tmp_path / "no-such-data", out, recipe_changes={"epochs": 1})
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_hints_are_commands_that_work(small_data, tmp_path):
+    """In the first epoch: no --resume advice. Later: a --resume command, quoted for the shell, that works."""
+    out = tmp_path / "my runs" / "it's here"
+    proc = _cli("train", "--data", small_data, "--out", out, "--epochs", "50", "--batch-size", "50", "--amp",
+                "off", "--log-every", "1")
+    time.sleep(0.5)
+    while not (out / ".alexpipe.lock").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    first = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130 and "the same command starts the run again" in first and "--resume" not in first
+
+    proc = _cli("train", "--data", small_data, "--out", out, "--epochs", "50", "--batch-size", "50", "--amp",
+                "off")
+    end = time.time() + 300
+    while not _epochs(out) if (out / "metrics.jsonl").exists() else True:
+        assert time.time() < end and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    output = " ".join(proc.communicate(timeout=120)[0].split())
+    hint = output.split("continue with `")[1].split("`")[0]
+    assert shlex.split(hint)[:4] == ["alexpipe", "train", "--out", str(out)], hint
+    kept = checkpoint.load(out / "last.pt")["epoch"]
+    resumed = _cli(*shlex.split(hint)[1:-1], "--resume", "--epochs", kept + 1)
+    assert resumed.wait(300) == 0, resumed.stdout.read()
+
+
+def test_the_torchrun_hint_is_a_torchrun_command(tmp_path):
+    run = SimpleNamespace(out=tmp_path / "a b", world=distributed.World(rank=0, world_size=4, local_rank=0))
+    assert shlex.split(run_module._resume_hint(run)) == ["torchrun", "--nproc-per-node", "4", "-m", "alexpipe",
+                                                         "train", "--out", str(tmp_path / "a b"), "--resume"]
+
+
+def test_extending_a_one_cycle_run_is_refused_or_rebuilt_never_at_lr_zero(small_data, tmp_path):
+    out = tmp_path / "run"
+    _fit(small_data, out, recipe="fast", recipe_changes={"epochs": 1, "lr": 0.01})
+    with pytest.raises(TrainingError, match="one-cycle schedule anneals the lr to 0"):
+        _fit(small_data, out, recipe="fast", recipe_changes={"epochs": 3, "lr": 0.01}, resume=True)
+    before = checkpoint.load(out / "last.pt")["model"]
+    _fit(small_data, out, recipe="fast", recipe_changes={"epochs": 3, "lr": 0.01}, resume=True, force=True)
+    epochs = _epochs(out)
+    assert [e["epoch"] for e in epochs] == [1, 2, 3] and all(e["lr"] > 0 for e in epochs[1:])
+    after = checkpoint.load(out / "last.pt")["model"]
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
+    (resumed,) = json.loads((out / "config.json").read_text())["resumes"]
+    assert resumed["after_epoch"] == 1 and resumed["changes"]["epochs"] == [1, 3]
+
+
+def test_forced_new_optimiser_settings_are_the_ones_used_and_recorded(small_data, tmp_path):
+    out = tmp_path / "run"
+    _fit(small_data, out, recipe_changes={"epochs": 1, "lr": 0.01})
+    _fit(small_data, out, recipe_changes={"epochs": 2, "lr": 0.5, "momentum": 0.0}, resume=True, force=True)
+    e1, e2 = _epochs(out)
+    assert e1["lr"] == pytest.approx(0.01) and e2["lr"] == pytest.approx(0.5)  # used from the resumed epoch on
+    ckpt = checkpoint.load(out / "last.pt")
+    group = ckpt["optimizer"]["param_groups"][0]
+    assert group["momentum"] == 0.0 and group["lr"] == pytest.approx(0.5)
+    assert ckpt["recipe"]["lr"] == 0.5 and ckpt["recipe"]["momentum"] == 0.0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["resumes"][0]["changes"] == {"epochs": [1, 2], "lr": [0.01, 0.5], "momentum": [0.9, 0.0]}
+
+
+def test_switching_recipe_on_resume_trains_with_the_new_one(small_data, tmp_path):
+    out = tmp_path / "run"
+    _fit(small_data, out, recipe_changes={"epochs": 1})
+    res = _cli("train", "--out", out, "--resume", "--recipe", "fast", "--epochs", "2", "--batch-size", "50",
+               "--force", "--amp", "off")
+    assert res.wait(300) == 0, res.stdout.read()
+    ckpt = checkpoint.load(out / "last.pt")
+    assert ckpt["recipe"]["name"] == "fast" and ckpt["optimizer"]["param_groups"][0]["nesterov"] is True
+    assert _epochs(out)[1]["lr"] > 0.01  # the fast recipe's one-cycle lr (peak 0.08), not the blog's 0.01
+
+
+@pytest.mark.parametrize("change", [{"eval_subset": 20}, {"amp": "bf16"}])
+def test_resuming_with_another_eval_subset_or_precision_needs_force_and_is_recorded(small_data, tmp_path, change):
+    out = tmp_path / "run"
+    _fit(small_data, out, recipe_changes={"epochs": 1})
+    with pytest.raises(TrainingError, match="cannot resume: (the recipe|its settings) differ"):
+        _fit(small_data, out, recipe_changes={"epochs": 2}, resume=True, **change)
+    _fit(small_data, out, recipe_changes={"epochs": 2}, resume=True, force=True, **change)
+    (resumed,) = json.loads((out / "config.json").read_text())["resumes"]
+    (key,) = change
+    assert key in resumed["changes"]
+
+
+def test_the_recorded_data_folder_works_from_anywhere_and_says_where_it_came_from(small_data, tmp_path):
+    data = Path(shutil.copytree(small_data, tmp_path / "c10"))
+    out = tmp_path / "run"
+    first = _cli("train", "--data", "c10", "--out", "run", "--epochs", "1", "--batch-size", "50", "--amp", "off",
+                 cwd=tmp_path)
+    assert first.wait(300) == 0, first.stdout.read()
+    assert json.loads((out / "config.json").read_text())["data"] == str(data.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    second = _cli("train", "--out", out, "--resume", "--epochs", "2", cwd=elsewhere)
+    assert second.wait(300) == 0, second.stdout.read()
+    shutil.move(data, tmp_path / "moved")
+    third = _cli("train", "--out", out, "--resume", "--epochs", "3", cwd=elsewhere)
+    output = third.communicate(timeout=300)[0]
+    assert third.returncode == 1 and "Traceback" not in output
+    assert f"the data folder recorded in {out / 'config.json'}" in " ".join(output.split())
+
+
+def test_a_val_split_that_appears_or_vanishes_is_refused_before_anything_is_written(small_data, tmp_path):
+    no_val = tmp_path / "no-val"
+    src = make_source(tmp_path, synthetic_batches(), "python", "archive")
+    convert(src, no_val, val_size=0, allow_partial=True, betons=False)
+    out = tmp_path / "run"
+    _fit(no_val, out, recipe_changes={"epochs": 1})
+    config = (out / "config.json").read_bytes()
+    for force in (False, True):
+        with pytest.raises(TrainingError, match="trained without a val split"):
+            _fit(small_data, out, recipe_changes={"epochs": 2}, resume=True, force=force)
+    assert (out / "config.json").read_bytes() == config and checkpoint.load(out / "last.pt")["epoch"] == 1
