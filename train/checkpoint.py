@@ -2,19 +2,21 @@
 
 Everything is stored as tensors and plain Python values (RNG states included),
 so `torch.load(weights_only=True)` can read it: a checkpoint from elsewhere
-cannot execute anything. Writes go to a temporary file renamed into place, so
-an interruption leaves the previous checkpoint intact.
+cannot execute anything. Writes go through `alexpipe.atomic` (a temporary
+file renamed into place), so an interruption or a full disk leaves the
+previous checkpoint intact and no temporary file behind.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from alexpipe.atomic import write_atomic
 
 FORMAT = "alexpipe-checkpoint"
 VERSION = 1
@@ -81,17 +83,12 @@ def _python_state_from_plain(s: list) -> tuple:
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary sibling, fsync, rename over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **obj}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """torch.save to a temporary sibling, fsync, rename over `path`.
+
+    Thread-safe (every call has its own temporary name); a failure of the disk
+    is `alexpipe.atomic.WriteError`, one line naming `path`.
+    """
+    write_atomic(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **obj}, f))
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

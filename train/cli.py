@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from alexpipe.atomic import WriteError, reason
 from alexpipe.model import INIT_SCHEMES, MODEL_NAMES
 from alexpipe.pipeline.augment import PCA_VARIANTS
 from alexpipe.pipeline.loaders import BACKENDS
@@ -166,8 +167,18 @@ def _run(data: Path, out: Path, recipe: Recipe, options: dict) -> None:
 
     try:
         fit(RunOptions(data=data, out=out, recipe=recipe, **options))
-    except (TrainingError, DataError, ValueError) as exc:
+    except (TrainingError, DataError, ValueError, WriteError) as exc:
         fail(str(exc), getattr(exc, "exit_code", 1))
+    except OSError as exc:
+        _fail_on_file(exc)
+
+
+def _fail_on_file(exc: OSError) -> None:
+    """An OSError naming a file (the machine refused it: a name too long, a folder gone) as one line; one that
+    names none is not the user's to act on, and goes on up."""
+    if exc.filename is None:
+        raise exc
+    fail(f"{exc.filename}: {reason(exc)}")
 
 
 def _saved_run(out: Path) -> tuple[Recipe, dict]:
@@ -211,6 +222,8 @@ def evaluate_cmd(
         res, classes, epoch = _evaluate(checkpoint_path, data, split, loader, batch_size, tta_flip, device, amp)
     except (TrainingError, DataError, ValueError) as exc:
         fail(str(exc))
+    except OSError as exc:
+        _fail_on_file(exc)
     conf = res["confusion"]
     per_class = [row[i] / max(1, sum(row)) for i, row in enumerate(conf)]
     out = console()
@@ -220,8 +233,11 @@ def evaluate_cmd(
     if json_out:
         from .metrics import write_json
 
-        write_json(json_out, {"checkpoint": str(checkpoint_path), "split": split, **res,
-                              "per_class_acc": dict(zip(classes, per_class)), "classes": classes})
+        try:
+            write_json(json_out, {"checkpoint": str(checkpoint_path), "split": split, **res,
+                                  "per_class_acc": dict(zip(classes, per_class)), "classes": classes})
+        except WriteError as exc:
+            fail(f"--json: {exc}")
 
 
 def _evaluate(checkpoint_path: Path, data: Path, split: str, loader: str, batch_size: int,

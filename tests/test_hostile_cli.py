@@ -1,0 +1,202 @@
+"""The machine and the command line against alexpipe: a full disk, names too long for the file system,
+numbers that are not numbers, absurd worker counts, options that cannot work on this data. Each is one
+`error:` line naming the file or the flag (never a traceback), and nothing half-written is left behind."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from alexpipe.atomic import WriteError, write_atomic, write_text
+from alexpipe.cli import app
+
+from conftest import CLASSES, make_source, synthetic_batches
+
+QUICK = ["--epochs", "1", "--batch-size", "64", "--lr", "0.05", "--log-every", "1"]
+
+
+def run(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_error(res, *fragments: str, code: int = 1) -> str:
+    """The command failed with status `code` and one `error:` line holding every fragment, no traceback."""
+    out = res.output
+    assert res.exit_code == code, out
+    assert "Traceback" not in out, out
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, out
+    for fragment in fragments:
+        assert fragment in errors[0], out
+    return errors[0]
+
+
+def hidden(folder: Path) -> list[str]:
+    """Temporary files (dot-names) in `folder`: a writer must never leave one."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture()
+def data(small_data, tmp_path) -> Path:
+    return Path(shutil.copytree(small_data, tmp_path / "data"))
+
+
+def fake_checkpoint(path: Path, **changes) -> Path:
+    """A checkpoint as a run writes it, untrained (no epoch needs to run for evaluate to read it)."""
+    from alexpipe.model import build_model
+    from alexpipe.train import checkpoint
+    from alexpipe.train.recipes import Recipe
+
+    state = {"epoch": 1, "model": build_model("alexnet_cifar").state_dict(), "recipe": Recipe().to_dict(),
+             "classes": CLASSES, **changes}
+    checkpoint.save_atomic(state, path)
+    return path
+
+
+# ---------------------------------------------------------------- the disk: one writer for every file
+
+def _fails_with(exc: BaseException):
+    def write(f) -> None:
+        f.write(b"partial")
+        raise exc
+    return write
+
+
+@pytest.mark.parametrize("exc,kind", [
+    (OSError(errno.ENOSPC, "No space left on device"), WriteError),
+    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"), RuntimeError),
+    (KeyboardInterrupt(), KeyboardInterrupt),
+    (SystemExit(143), SystemExit),
+])
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path, exc, kind):
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"the previous checkpoint")
+    with pytest.raises(kind) as caught:
+        write_atomic(target, _fails_with(exc))
+    assert target.read_bytes() == b"the previous checkpoint"
+    assert os.listdir(tmp_path) == ["last.pt"]
+    if kind is WriteError:
+        assert str(caught.value) == f"cannot write {target}: no space left on device"
+        assert caught.value.filename == str(target) and caught.value.errno == errno.ENOSPC
+
+
+def test_a_disk_error_wrapped_by_a_library_is_still_named(tmp_path):
+    """torch.save turns ENOSPC into a RuntimeError raised while handling it; safetensors into its own error
+    that spells the number out. Both are the disk's failures, reported as such."""
+    def torch_like(f) -> None:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    def safetensors_like(f) -> None:
+        raise Exception("Error while serializing: I/O error: File name too long (os error 36)")
+
+    for write, words in ((torch_like, "no space left on device"), (safetensors_like, "file name too long")):
+        with pytest.raises(WriteError, match=words):
+            write_atomic(tmp_path / "x", write)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_name_that_fits_writes_even_when_a_temporary_name_would_not(tmp_path):
+    target = tmp_path / ("n" * 255)
+    write_text(target, "whole")
+    assert target.read_text() == "whole" and hidden(tmp_path) == []
+
+
+def test_checkpoints_written_from_several_threads_at_once_are_whole(tmp_path):
+    from alexpipe.train import checkpoint
+
+    errors: list[BaseException] = []
+
+    def save(k: int) -> None:
+        try:
+            for _ in range(3):
+                checkpoint.save_atomic({"epoch": k, "model": {"w": torch.full((1000,), float(k))}, "recipe": {},
+                                        "classes": []}, tmp_path / "last.pt")
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and os.listdir(tmp_path) == ["last.pt"]
+    ckpt = checkpoint.load(tmp_path / "last.pt")
+    assert torch.equal(ckpt["model"]["w"], torch.full((1000,), float(ckpt["epoch"])))
+
+
+def test_every_writer_on_a_full_disk_names_its_file_and_leaves_the_old_one(small_fs):
+    """metrics, JSON, checkpoints, curves, the benchmark report: the disk fills up mid-write."""
+    from alexpipe.bench.report import document, write_all
+    from alexpipe.train import checkpoint
+    from alexpipe.train.metrics import write_json, write_jsonl
+    from alexpipe.train.plot import plot_curves
+
+    fs = small_fs("1m")
+    big = ["x" * 1000] * 2000  # 2 MB of JSON
+    epochs = [{"epoch": e, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": 0.5} for e in (1, 2)]
+    writers = {
+        "metrics.jsonl": lambda p: write_jsonl(p, [{"a": s} for s in big]),
+        "summary.json": lambda p: write_json(p, big),
+        "last.pt": lambda p: checkpoint.save_atomic({"model": {"w": torch.zeros(1 << 20)}}, p),
+    }
+    for name, write in writers.items():
+        (fs / name).write_text("before")
+        with pytest.raises(WriteError) as caught:
+            write(fs / name)
+        assert str(caught.value) == f"cannot write {fs / name}: no space left on device"
+        assert (fs / name).read_text() == "before" and hidden(fs) == []
+    _fill(fs)
+    with pytest.raises(WriteError, match="curves.png: no space left on device"):
+        plot_curves(epochs, fs / "curves.png")
+    with pytest.raises(WriteError, match="bench.json: no space left on device"):
+        write_all(document([], {"repeats": 1, "duration": 1.0, "device": "cpu", "dtype": "bf16", "channels_last": False,
+                                "augment": True, "pca": "blog", "workers": 2}), fs / "bench")
+    assert hidden(fs) == [] and hidden(fs / "bench") == []
+
+
+def _fill(folder: Path) -> None:
+    """Take every free byte of `folder`'s file system."""
+    with open(folder / "filler", "wb", buffering=0) as f:
+        with pytest.raises(OSError) as full:
+            while True:
+                f.write(b"\0" * 4096)
+    assert full.value.errno == errno.ENOSPC
+
+
+def test_download_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, small_fs):
+    big = tmp_path / "cifar-10-python.tar.gz"
+    big.write_bytes(os.urandom(3 << 20))
+    cache = small_fs("1m")
+    res = run("convert", "--download", "--url", big.as_uri(), "--download-dir", cache, "--out", tmp_path / "out")
+    one_error(res, f"cannot write {cache / big.name}: no space left on device")
+    assert os.listdir(cache) == [] and not (tmp_path / "out").exists()
+
+
+def test_convert_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, small_fs):
+    src = make_source(tmp_path, synthetic_batches(), "python", "archive")
+    fs = small_fs("512k")
+    res = run("convert", "--source", src, "--out", fs / "c10", "--allow-partial", "--val-size", "50",
+              "--no-beton")
+    one_error(res, f"cannot write {fs / 'c10' / 'train.safetensors'}: no space left on device")
+    assert os.listdir(fs) == []  # no temporary folder, no lock, no half conversion
+
+
+def test_evaluate_json_onto_a_full_disk_is_one_line(data, tmp_path, small_fs):
+    ckpt = fake_checkpoint(tmp_path / "last.pt")
+    fs = small_fs("64k")
+    _fill(fs)
+    one_error(run("evaluate", ckpt, "--data", data, "--json", fs / "e.json"),
+              f"--json: cannot write {fs / 'e.json'}: no space left on device")
+    assert sorted(os.listdir(fs)) == ["filler"]
