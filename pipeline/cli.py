@@ -19,6 +19,7 @@ from typing import Iterator, Optional
 import typer
 
 from alexpipe.atomic import WriteError, reason
+from alexpipe.paths import GROWS, check_fits
 from alexpipe.terminal import console, fail, literal, note
 
 from .cache import cache_dir
@@ -113,6 +114,8 @@ def convert_cmd(
 
         if seed < 0:  # before a download; convert checks it too
             fail(f"--seed must be a non-negative integer, got {seed}")
+        if download_dir is not None:
+            check_fits("--download-dir", download_dir, grows=GROWS)
         src = _resolve_source(source, use_download, url, md5, download_dir)
         err = console(stderr=True)
         # a progress bar only on a terminal: piped or logged, it is noise (and a stray blank line)
@@ -170,6 +173,7 @@ def info_cmd(
         from .fileformat import SPLITS, split_path
         from .integrity import read_manifest, recorded_splits, verify_dataset
 
+        check_fits("DATA", data, grows=GROWS)
         if not data.is_dir():
             fail(f"{data} is not a folder written by `alexpipe convert`")
         manifest = read_manifest(data)

@@ -35,6 +35,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from alexpipe.atomic import WriteError, os_error_in, reason
+from alexpipe.paths import GROWS, too_long
 
 from .beton import FFCV_HINT, beton_path, ffcv_installed, write_beton
 from .errors import DataError
@@ -47,6 +48,9 @@ from .sources import NUM_CLASSES, RawCifar, read_cifar10
 from .stats import ChannelStats, compute_stats
 
 TMP_MARKER = ".alexpipe-tmp"  # inside a temporary folder while it is being written
+# What the longest name made beside --out adds to its name: the temporary folder `.<name>.tmp-<pid>-<8 random>`
+# (a Linux pid has at most 7 digits); the lock `.<name>.lock` adds less.
+NAME_ROOM = len(".") + len(".tmp-") + 7 + len("-") + 8
 
 
 def default_sources() -> list[Path]:
@@ -115,6 +119,10 @@ def convert(source: Path, out: Path, *, val_size: int = 10_000, seed: int = 0,
     out = Path(out).expanduser()
     if seed < 0:
         raise DataError(f"--seed must be a non-negative integer, got {seed}")
+    for flag, path, beside in (("--source", Path(source).expanduser(), 0), ("--out", out, NAME_ROOM)):
+        why = too_long(path, beside=beside, grows=GROWS)
+        if why:
+            raise DataError(f"{flag} {path}: {why}")
     target = _resolve_out(out)
     _refuse_overlap(Path(source).expanduser(), target, out)
     notes: list[str] = []

@@ -200,3 +200,40 @@ def test_evaluate_json_onto_a_full_disk_is_one_line(data, tmp_path, small_fs):
     one_error(run("evaluate", ckpt, "--data", data, "--json", fs / "e.json"),
               f"--json: cannot write {fs / 'e.json'}: no space left on device")
     assert sorted(os.listdir(fs)) == ["filler"]
+
+
+# ---------------------------------------------------------------- names the file system will not take
+
+LONG = "n" * 300  # one name over the 255-byte limit
+DEEP = "/".join(["d" * 200] * 21)  # a path over the 4,096-byte limit, every name within it
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["train", "--data", "{data}", "--out", LONG, *QUICK], "--out"),
+    (["train", "--data", "{data}", "--out", DEEP, *QUICK], "--out"),
+    (["train", "--data", LONG, "--out", "run", *QUICK], "--data"),
+    (["evaluate", LONG, "--data", "{data}"], "CHECKPOINT"),
+    (["evaluate", "{ckpt}", "--data", DEEP], "--data"),
+    (["evaluate", "{ckpt}", "--data", "{data}", "--json", LONG], "--json"),
+    (["info", LONG], "DATA"),
+    (["info", DEEP], "DATA"),
+    (["convert", "--source", "{src}", "--out", LONG, "--allow-partial"], "--out"),
+    (["convert", "--source", "{src}", "--out", "c" * 250, "--allow-partial"], "--out"),  # no room for its temp
+    (["convert", "--source", LONG, "--out", "c10"], "--source"),
+    (["convert", "--download", "--download-dir", LONG, "--out", "c10"], "--download-dir"),
+])
+def test_names_too_long_for_the_file_system_are_one_line_naming_the_flag(data, tmp_path, monkeypatch, args, flag):
+    monkeypatch.chdir(tmp_path)
+    places = {"data": data, "ckpt": fake_checkpoint(tmp_path / "last.pt"),
+              "src": make_source(tmp_path, synthetic_batches(), "python", "archive")}
+    res = run(*[a.format(**places) for a in args])
+    line = one_error(res, f"error: {flag} ", "file name too long")
+    assert sorted(os.listdir(tmp_path)) == ["cifar-10-python.tar.gz", "data", "last.pt"], line  # nothing made
+
+
+def test_a_dangling_symbolic_link_as_out_is_explained(data, tmp_path):
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "gone" / "run")
+    one_error(run("train", "--data", data, "--out", link, *QUICK),
+              f"--out {link} is a symbolic link to {tmp_path / 'gone' / 'run'}, which does not exist")
+    assert link.is_symlink() and not (tmp_path / "gone").exists()

@@ -19,6 +19,7 @@ import typer
 
 from alexpipe.atomic import WriteError, reason
 from alexpipe.model import INIT_SCHEMES, MODEL_NAMES
+from alexpipe.paths import GROWS, check_fits
 from alexpipe.pipeline.augment import PCA_VARIANTS
 from alexpipe.pipeline.loaders import BACKENDS
 from alexpipe.terminal import console, fail, literal
@@ -134,6 +135,9 @@ def train_cmd(
 ) -> None:
     """Train AlexNet on converted CIFAR-10 (default: the write-up's 49-epoch recipe)."""
     given = {k: _plain(v) for k, v in locals().items()}
+    _check_out(out)
+    if data is not None:
+        check_fits("--data", data, grows=GROWS)
     changes = _overrides(**{k: given[k] for k in _RECIPE_OPTIONS})
     recipe, device, amp, compile_mode = (given[k] for k in ("recipe", "device", "amp", "compile_mode"))
     try:
@@ -181,6 +185,15 @@ def _fail_on_file(exc: OSError) -> None:
     fail(f"{exc.filename}: {reason(exc)}")
 
 
+def _check_out(out: Path) -> None:
+    """--out must be a path the file system takes, and not a symbolic link to nowhere (which the run could
+    neither create nor write into)."""
+    check_fits("--out", out, grows=GROWS)
+    if out.is_symlink() and not out.exists():
+        fail(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist: create that folder "
+             "first, or choose another --out")
+
+
 def _saved_run(out: Path) -> tuple[Recipe, dict]:
     """The recipe and options of the run in `out`, from its config.json; ValueError, one line, naming the file."""
     cfg = out / "config.json"
@@ -216,7 +229,10 @@ def evaluate_cmd(
     from .errors import TrainingError
 
     split, loader, device, amp = (_plain(v) for v in (split, loader, device, amp))
+    check_fits("CHECKPOINT", checkpoint_path)
+    check_fits("--data", data, grows=GROWS)
     if json_out is not None:  # before an evaluation that may take a minute, not after it
+        check_fits("--json", json_out, grows=GROWS)
         _check_writable(json_out)
     try:
         res, classes, epoch = _evaluate(checkpoint_path, data, split, loader, batch_size, tta_flip, device, amp)
