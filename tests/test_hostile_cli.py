@@ -237,3 +237,43 @@ def test_a_dangling_symbolic_link_as_out_is_explained(data, tmp_path):
     one_error(run("train", "--data", data, "--out", link, *QUICK),
               f"--out {link} is a symbolic link to {tmp_path / 'gone' / 'run'}, which does not exist")
     assert link.is_symlink() and not (tmp_path / "gone").exists()
+
+
+# ---------------------------------------------------------------- numbers that are not numbers
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--subset", "0", "--subset must be a positive number of images"),
+    ("--eval-subset", "0", "--eval-subset must be a positive number of images"),
+    ("--lr", "nan", "--lr must be a finite number, got nan"),
+    ("--lr", "inf", "--lr must be a finite number, got inf"),
+    ("--momentum", "nan", "--momentum must be a finite number"),
+    ("--weight-decay", "inf", "--weight-decay must be a finite number"),
+    ("--gamma", "inf", "--gamma must be a finite number"),
+    ("--warmup-epochs", "inf", "--warmup-epochs must be a finite number"),
+    ("--clip-grad-norm", "-inf", "--clip-grad-norm must be a finite number"),
+    ("--clip-grad-norm", "nan", "--clip-grad-norm must be a finite number"),
+    ("--dropout", "nan", "--dropout must be a finite number"),
+    ("--label-smoothing", "nan", "--label-smoothing must be a finite number"),
+    ("--pca-sigma", "nan", "--pca-sigma must be a finite number"),
+    ("--pca-sigma", "inf", "--pca-sigma must be a finite number"),
+    ("--dist-timeout", "inf", "--dist-timeout must be a number of seconds above 0"),
+    ("--dist-timeout", "nan", "--dist-timeout must be a number of seconds above 0"),
+    ("--dist-timeout", "1e300", "--dist-timeout must be a number of seconds above 0"),
+    ("--seed", str(2 ** 64), "--seed must be below 2**32"),
+])
+def test_numbers_a_run_cannot_use_are_refused_naming_their_flag(data, tmp_path, option, value, message):
+    schedule = ["--schedule", "onecycle"] if option == "--warmup-epochs" else []
+    one_error(run("train", "--data", data, "--out", tmp_path / "run", *QUICK, *schedule, option, value), message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_names_its_batch_size_flag(data, tmp_path):
+    one_error(run("evaluate", fake_checkpoint(tmp_path / "last.pt"), "--data", data, "--batch-size", "0"),
+              "--batch-size must be positive, got 0")
+
+
+def test_a_batch_that_does_not_divide_among_the_processes_names_its_flag(data, tmp_path, monkeypatch):
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    one_error(run("train", "--data", data, "--out", tmp_path / "run", *QUICK, "--batch-size", "7"),
+              "--batch-size 7 does not divide among 2 processes")

@@ -8,6 +8,7 @@ answers at once.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import sys
@@ -50,8 +51,8 @@ def _overrides(**given) -> dict:
             out["step_epochs"] = tuple(int(s) for s in str(out["step_epochs"]).split(",") if s.strip())
         except ValueError:
             fail(f"--step-epochs takes comma-separated epoch numbers, got {given['step_epochs']!r}")
-    if "clip_grad_norm" in out and out["clip_grad_norm"] <= 0:
-        out["clip_grad_norm"] = None  # 0 turns clipping off
+    if "clip_grad_norm" in out and math.isfinite(out["clip_grad_norm"]) and out["clip_grad_norm"] <= 0:
+        out["clip_grad_norm"] = None  # 0 turns clipping off (nan and -inf are refused by the recipe's validation)
     return out
 
 
@@ -145,8 +146,9 @@ def train_cmd(
             base, saved = _saved_run(out)
             if recipe is not None and recipe != base.name and not force:
                 fail(f"{out} was trained with recipe {base.name!r}, not {recipe!r} (pass --force to switch)")
-            subset = saved.get("subset") if subset is None else subset
-            eval_subset = saved.get("eval_subset") if eval_subset is None else eval_subset
+            # a run recorded before 0 was refused took it to mean the whole split, as None does
+            subset = (saved.get("subset") or None) if subset is None else subset
+            eval_subset = (saved.get("eval_subset") or None) if eval_subset is None else eval_subset
             data = data if data is not None else Path(saved.get("data") or DEFAULT_DATA)
         else:
             base = get_recipe(recipe or "blog")
@@ -155,11 +157,25 @@ def train_cmd(
             r = r.replace(lr=r.lr * r.batch_size / base.batch_size)
     except (ValueError, TypeError) as exc:
         fail(str(exc))
+    _check_run_options(subset=subset, eval_subset=eval_subset, dist_timeout=dist_timeout)
     _run(data if data is not None else DEFAULT_DATA, out, r, dict(
         device=device, amp=amp, channels_last=channels_last, compile=compile, compile_mode=compile_mode,
         subset=subset, eval_subset=eval_subset, num_workers=workers, resume=resume, force=force,
         log_every=max(1, log_every), dist_timeout=dist_timeout,
         command=" ".join(shlex.quote(a) for a in ["alexpipe", *sys.argv[1:]])))
+
+
+MAX_DIST_TIMEOUT = 7 * 24 * 3600  # a week: longer is no timeout at all, and far larger overflows a timedelta
+
+
+def _check_run_options(subset: Optional[int], eval_subset: Optional[int], dist_timeout: float) -> None:
+    """The options that are not recipe fields, each refused in one line naming its flag."""
+    for flag, n in (("--subset", subset), ("--eval-subset", eval_subset)):
+        if n is not None and n <= 0:  # 0 would otherwise read as "not given": the whole split
+            fail(f"{flag} must be a positive number of images (a multiple of the number of classes), got {n}")
+    if not (math.isfinite(dist_timeout) and 0 < dist_timeout <= MAX_DIST_TIMEOUT):
+        fail(f"--dist-timeout must be a number of seconds above 0 and at most {MAX_DIST_TIMEOUT:,} (a week), "
+             f"got {dist_timeout}")
 
 
 def _run(data: Path, out: Path, recipe: Recipe, options: dict) -> None:
@@ -229,6 +245,8 @@ def evaluate_cmd(
     from .errors import TrainingError
 
     split, loader, device, amp = (_plain(v) for v in (split, loader, device, amp))
+    if batch_size < 1:
+        fail(f"--batch-size must be positive, got {batch_size}")
     check_fits("CHECKPOINT", checkpoint_path)
     check_fits("--data", data, grows=GROWS)
     if json_out is not None:  # before an evaluation that may take a minute, not after it

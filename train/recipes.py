@@ -7,6 +7,7 @@ Every field can be overridden from the command line (`alexpipe train --help`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -120,6 +121,10 @@ def validate(r: Recipe) -> None:
     def one_of(flag: str, value: str, choices) -> tuple[bool, str]:
         return value in choices, f"--{flag} must be one of {', '.join(choices)}, got {value!r}"
 
+    for f in dataclasses.fields(r):  # nan passes every comparison below as False, inf most as True
+        value = getattr(r, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
     checks = [
         (r.epochs >= 1, f"--epochs must be at least 1, got {r.epochs}"),
         (r.batch_size >= 1, f"--batch-size must be positive, got {r.batch_size}"),
@@ -138,6 +143,7 @@ def validate(r: Recipe) -> None:
         (0 <= r.dropout < 1, f"--dropout must lie in [0, 1), got {r.dropout}"),
         (r.pca_sigma >= 0, f"--pca-sigma must not be negative, got {r.pca_sigma}"),
         (r.seed >= 0, f"--seed must be a non-negative integer, got {r.seed}"),
+        (r.seed < 2 ** 32, f"--seed must be below 2**32 = {2 ** 32:,} (numpy's seeds are 32-bit), got {r.seed}"),
     ]
     for ok, message in checks:
         if not ok:

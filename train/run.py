@@ -121,8 +121,8 @@ def start(opt: RunOptions) -> Run:
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
     if opt.recipe.batch_size % world.world_size:
-        raise TrainingError(f"batch size {opt.recipe.batch_size} does not divide among {world.world_size} "
-                            "processes")
+        raise TrainingError(f"--batch-size {opt.recipe.batch_size} does not divide among {world.world_size} "
+                            "processes (the global batch is split evenly)")
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # training batches have one static shape (drop_last)
