@@ -277,3 +277,25 @@ def test_a_batch_that_does_not_divide_among_the_processes_names_its_flag(data, t
         monkeypatch.setenv(name, value)
     one_error(run("train", "--data", data, "--out", tmp_path / "run", *QUICK, "--batch-size", "7"),
               "--batch-size 7 does not divide among 2 processes")
+
+
+# ---------------------------------------------------------------- what the machine can hold
+
+def test_worker_counts_beyond_the_cores_are_capped_and_negative_ones_refused(data, tmp_path, monkeypatch):
+    from alexpipe.pipeline.workers import check_workers, usable_cores
+
+    cores = usable_cores()
+    assert check_workers(0) == (0, None) and check_workers(cores) == (cores, None)
+    seen = {}  # what the run would be given: the CLI alone decides it, so no run needs to start
+    monkeypatch.setattr("alexpipe.train.run.fit", lambda opt: seen.update(workers=opt.num_workers))
+    res = run("train", "--data", data, "--out", tmp_path / "run", *QUICK, "--loader", "torchvision",
+              "--workers", "1000")
+    assert res.exit_code == 0, res.output
+    assert seen["workers"] == cores
+    assert f"note: --workers 1000 is more than the {cores} CPU core(s) this process may use: using {cores}" \
+        in res.output
+    one_error(run("train", "--data", data, "--out", tmp_path / "run", *QUICK, "--workers", "-3"),
+              "--workers must not be negative, got -3")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert check_workers(8, "--threads") == (3, "--threads 8 is more than the 3 CPU core(s) this process may use: "
+                                                "using 3")

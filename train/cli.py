@@ -23,7 +23,7 @@ from alexpipe.model import INIT_SCHEMES, MODEL_NAMES
 from alexpipe.paths import GROWS, check_fits
 from alexpipe.pipeline.augment import PCA_VARIANTS
 from alexpipe.pipeline.loaders import BACKENDS
-from alexpipe.terminal import console, fail, literal
+from alexpipe.terminal import console, fail, literal, note
 
 from .hardware import AMP_MODES, COMPILE_MODES, DEVICES
 from .recipes import INPUTS, RECIPES, SCHEDULES, Recipe, get_recipe
@@ -106,7 +106,8 @@ CompileMode = Annotated[_choice("CompileMode", COMPILE_MODES), typer.Option(
                                           help="torch.compile mode with --compile (reduce-overhead: CUDA graphs).")]
 Subset = Annotated[Optional[int], typer.Option(help="Train on a class-balanced subset of N train images.")]
 EvalSubset = Annotated[Optional[int], typer.Option(help="Validate/test on class-balanced subsets of N images.")]
-Workers = Annotated[int, typer.Option(help="Worker processes (torchvision) or threads (DALI, FFCV).")]
+Workers = Annotated[Optional[int], typer.Option(help="Worker processes (torchvision) or threads (DALI, FFCV), at "
+                                                      "most the usable CPU cores [default: 2].")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")]
 Force = Annotated[bool, typer.Option("--force", help="Start over in a non-empty --out, or resume despite a changed "
                                                      "recipe/dataset (the optimiser and lr schedule then continue "
@@ -131,7 +132,7 @@ def train_cmd(
     inputs: Inputs = None, pca_sigma: PcaSigma = None, loader: Loader = None, tta_flip: TtaFlip = None,
     seed: Seed = None, model: Model = None, device: Device = "auto", amp: Amp = "auto",
     channels_last: ChannelsLast = None, compile: Compile = False, compile_mode: CompileMode = "default",
-    subset: Subset = None, eval_subset: EvalSubset = None, workers: Workers = 2, resume: Resume = False,
+    subset: Subset = None, eval_subset: EvalSubset = None, workers: Workers = None, resume: Resume = False,
     force: Force = False, log_every: LogEvery = 20, scale_lr: ScaleLr = False, dist_timeout: DistTimeout = 600.0,
 ) -> None:
     """Train AlexNet on converted CIFAR-10 (default: the write-up's 49-epoch recipe)."""
@@ -158,6 +159,7 @@ def train_cmd(
     except (ValueError, TypeError) as exc:
         fail(str(exc))
     _check_run_options(subset=subset, eval_subset=eval_subset, dist_timeout=dist_timeout)
+    workers = _workers(workers)
     _run(data if data is not None else DEFAULT_DATA, out, r, dict(
         device=device, amp=amp, channels_last=channels_last, compile=compile, compile_mode=compile_mode,
         subset=subset, eval_subset=eval_subset, num_workers=workers, resume=resume, force=force,
@@ -176,6 +178,21 @@ def _check_run_options(subset: Optional[int], eval_subset: Optional[int], dist_t
     if not (math.isfinite(dist_timeout) and 0 < dist_timeout <= MAX_DIST_TIMEOUT):
         fail(f"--dist-timeout must be a number of seconds above 0 and at most {MAX_DIST_TIMEOUT:,} (a week), "
              f"got {dist_timeout}")
+
+
+def _workers(given: Optional[int]) -> int:
+    """The loader's worker count: the one given, capped to the usable cores (saying so, once per job), or 2."""
+    from alexpipe.pipeline.workers import check_workers, usable_cores
+
+    if given is None:
+        return min(2, usable_cores())
+    try:
+        workers, capped = check_workers(given)
+    except ValueError as exc:
+        fail(str(exc))
+    if capped and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+        note(capped)
+    return workers
 
 
 def _run(data: Path, out: Path, recipe: Recipe, options: dict) -> None:
