@@ -299,3 +299,21 @@ def test_worker_counts_beyond_the_cores_are_capped_and_negative_ones_refused(dat
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
     assert check_workers(8, "--threads") == (3, "--threads 8 is more than the 3 CPU core(s) this process may use: "
                                                 "using 3")
+
+
+def test_fp16_on_a_cpu_says_at_the_start_that_it_is_slow(data, tmp_path, monkeypatch):
+    """Said before the first step: nothing needs to run (which would take 40 times as long) to see it."""
+    from alexpipe.train.errors import TrainingError
+
+    def stop(run_):
+        raise TrainingError("stopped before anything trains")
+
+    monkeypatch.setattr("alexpipe.train.run.prepare_out", stop)
+    monkeypatch.setattr("alexpipe.train.loop.evaluate", lambda *a, **k: {
+        "confusion": [[0] * 10] * 10, "images": 0, "top1": 0.0, "top5": 0.0, "loss": 0.0})
+    slow = "note: --amp fp16 on a CPU is many times slower than --amp bf16 or off"
+    ckpt = fake_checkpoint(tmp_path / "last.pt")
+    for args in (["train", "--data", data, "--out", tmp_path / "run", *QUICK], ["evaluate", ckpt, "--data", data]):
+        fp16 = run(*args, "--device", "cpu", "--amp", "fp16")
+        assert fp16.output.count(slow) == 1, fp16.output
+        assert slow not in run(*args, "--device", "cpu", "--amp", "bf16").output

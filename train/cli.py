@@ -299,7 +299,7 @@ def _evaluate(checkpoint_path: Path, data: Path, split: str, loader: str, batch_
     from alexpipe.pipeline import load_split, make_loader, verify_dataset
 
     from . import checkpoint
-    from .hardware import resolve_amp, resolve_device
+    from .hardware import amp_note, resolve_amp, resolve_device
     from .inputs import feed
     from .loop import evaluate
 
@@ -310,6 +310,8 @@ def _evaluate(checkpoint_path: Path, data: Path, split: str, loader: str, batch_
         raise ValueError(f"{checkpoint_path}: {exc}") from None
     dev = resolve_device(device)
     amp_dtype = resolve_amp(amp, dev)
+    if amp_note(amp_dtype, dev):
+        note(amp_note(amp_dtype, dev))
     verify_dataset(data, [split])  # labels in range, content as recorded: before a number is reported
     meta = load_split(data, split).meta
     classes = list(ckpt["classes"])

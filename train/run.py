@@ -25,11 +25,11 @@ from alexpipe.pipeline import load_split, make_loader, verify_dataset
 from alexpipe.pipeline.integrity import read_manifest
 from alexpipe.pipeline.sampling import ShortClass, balanced_choice
 from alexpipe.provenance import git_commit
-from alexpipe.terminal import console, literal
+from alexpipe.terminal import console, literal, note
 
 from . import checkpoint, distributed
 from .errors import RunInterrupted, TrainingError
-from .hardware import COMPILE_MODES, resolve_amp, resolve_device
+from .hardware import COMPILE_MODES, amp_note, resolve_amp, resolve_device
 from .inputs import feed
 from .interrupt import GracefulInterrupt, Interrupted
 from .loop import EpochContext, evaluate, train_epoch
@@ -120,6 +120,8 @@ def start(opt: RunOptions) -> Run:
         amp_dtype = resolve_amp(opt.amp, device)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
+    if world.is_main and amp_note(amp_dtype, device):
+        note(amp_note(amp_dtype, device))
     if opt.recipe.batch_size % world.world_size:
         raise TrainingError(f"--batch-size {opt.recipe.batch_size} does not divide among {world.world_size} "
                             "processes (the global batch is split evenly)")
