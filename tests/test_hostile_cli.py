@@ -317,3 +317,54 @@ def test_fp16_on_a_cpu_says_at_the_start_that_it_is_slow(data, tmp_path, monkeyp
         fp16 = run(*args, "--device", "cpu", "--amp", "fp16")
         assert fp16.output.count(slow) == 1, fp16.output
         assert slow not in run(*args, "--device", "cpu", "--amp", "bf16").output
+
+
+# ---------------------------------------------------------------- one clear line instead of a traceback
+
+def fake_run(out: Path, data: Path, changes: dict | None = None) -> Path:
+    """A run folder as a finished epoch leaves it (config.json, last.pt), with `changes` made to its last.pt
+    (`...`: the part removed) as a hand edit would."""
+    from alexpipe.train import checkpoint
+    from alexpipe.train.recipes import Recipe
+
+    out.mkdir()
+    recipe = Recipe(epochs=2, batch_size=64, lr=0.05).to_dict()
+    (out / "config.json").write_text(json.dumps({"type": "config", "recipe": recipe, "data": str(data)}))
+    fake_checkpoint(out / "last.pt", recipe=recipe)
+    state = {**checkpoint.load(out / "last.pt"), "optimizer": {"state": {}, "param_groups": []}, "schedule": {},
+             "rng": checkpoint.rng_state(), "data": {}, "history": [], "best": {"val_acc": 0.0, "epoch": 1}}
+    checkpoint.save_atomic({k: v for k, v in {**state, **(changes or {})}.items() if v is not ...}, out / "last.pt")
+    return out
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    ({"rng": ...}, "not a complete alexpipe checkpoint (no rng)"),
+    ({"data": None}, "not a usable alexpipe checkpoint (its data is None, not a dict)"),
+    ({"data": [1, 2]}, "its data is [1, 2], not a dict"),
+    ({"epoch": "1"}, "its epoch is '1', not an int"),
+    ({"rng": 7}, "its rng is 7, not a dict or list"),
+])
+def test_resuming_a_hand_edited_checkpoint_is_one_line(data, tmp_path, edit, fragment):
+    out = fake_run(tmp_path / "run", data, edit)
+    before = (out / "last.pt").read_bytes()
+    one_error(run("train", "--out", out, "--resume"), f"{out / 'last.pt'}: ", fragment)
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_unreadable_checkpoints_are_one_whole_sentence_without_unsafe_advice(data, tmp_path):
+    import fractions
+    import pickle
+
+    good = fake_checkpoint(tmp_path / "good.pt")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:100_000])
+    pickled = tmp_path / "pickled.pt"
+    pickled.write_bytes(pickle.dumps({"format": "alexpipe-checkpoint"}))
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"format": "alexpipe-checkpoint", "x": fractions.Fraction(1, 2)}, foreign)
+    cases = [(cut, "failed finding central directory)"), (pickled, "not a file torch.save writes"),
+             (foreign, "holds objects other than tensors and plain values, which are never loaded: Unsupported "
+                       "global: GLOBAL fractions.Fraction was not an allowed global by default)")]
+    for path, fragment in cases:
+        line = one_error(run("evaluate", path, "--data", data), f"error: {path}: not ", fragment)
+        assert "weights_only" not in line and "trust" not in line and "Warning" not in line and "\\x1b" not in line

@@ -231,7 +231,7 @@ def build(run: Run) -> None:
 
 def resume(run: Run) -> None:
     """Continue from last.pt: weights, optimiser (in this run's layout and device), schedule, scaler, RNGs."""
-    ckpt = checkpoint.load(run.out / "last.pt")
+    ckpt = checkpoint.load(run.out / "last.pt", require=checkpoint.RESUME)
     _check_resumable(ckpt, run)
     step = run.step
     run.model.load_state_dict(ckpt["model"])
