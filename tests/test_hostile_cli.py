@@ -337,6 +337,19 @@ def fake_run(out: Path, data: Path, changes: dict | None = None) -> Path:
     return out
 
 
+def test_the_imagenet_alexnet_is_not_offered_for_32x32_images(data, tmp_path):
+    assert "alexnet|" not in run("train", "--help").output and "|alexnet>" not in run("train", "--help").output
+    needs = "--model alexnet is the 2012 ImageNet network: it needs 224x224 inputs"
+    one_error(run("train", "--data", data, "--out", tmp_path / "run", *QUICK, "--model", "alexnet"), needs)
+    assert not (tmp_path / "run").exists()
+    out = fake_run(tmp_path / "old", data)
+    one_error(run("train", "--out", out, "--resume", "--force", "--model", "alexnet"), needs)
+    from alexpipe.train.recipes import Recipe
+
+    ckpt = fake_checkpoint(tmp_path / "imagenet.pt", recipe=Recipe(model="alexnet").to_dict())
+    one_error(run("evaluate", ckpt, "--data", data), f"{ckpt}: --model alexnet is the 2012 ImageNet network")
+
+
 @pytest.mark.parametrize("edit,fragment", [
     ({"rng": ...}, "not a complete alexpipe checkpoint (no rng)"),
     ({"data": None}, "not a usable alexpipe checkpoint (its data is None, not a dict)"),

@@ -19,14 +19,14 @@ from typing import Annotated, Optional
 import typer
 
 from alexpipe.atomic import WriteError, reason
-from alexpipe.model import INIT_SCHEMES, MODEL_NAMES
+from alexpipe.model import INIT_SCHEMES
 from alexpipe.paths import GROWS, check_fits
 from alexpipe.pipeline.augment import PCA_VARIANTS
 from alexpipe.pipeline.loaders import BACKENDS
 from alexpipe.terminal import console, fail, literal, note
 
 from .hardware import AMP_MODES, COMPILE_MODES, DEVICES
-from .recipes import INPUTS, RECIPES, SCHEDULES, Recipe, get_recipe
+from .recipes import INPUTS, MODELS, RECIPES, SCHEDULES, Recipe, check_model, get_recipe
 
 DEFAULT_DATA = Path("data/cifar10")
 _RECIPE_HELP = "Overrides the recipe's value."
@@ -84,7 +84,7 @@ Loader = Annotated[Optional[_choice("Backend", BACKENDS)], typer.Option(help=f"{
 TtaFlip = Annotated[Optional[bool], typer.Option("--tta-flip/--no-tta-flip", help=f"{_R} Evaluate on image + "
                                                                                     "mirror.")]
 Seed = Annotated[Optional[int], typer.Option(help=f"{_R} Seeds weights, shuffles and augmentation.")]
-Model = Annotated[Optional[_choice("Model", MODEL_NAMES)], typer.Option(help=f"{_R} Network.")]
+Model = Annotated[Optional[str], typer.Option(metavar="<" + "|".join(MODELS) + ">", help=f"{_R} Network.")]
 # ... then where and how to run it
 Data = Annotated[Optional[Path], typer.Option(help="Folder written by `alexpipe convert` [default: data/cifar10, "
                                                    "or the run's own with --resume].")]
@@ -306,6 +306,7 @@ def _evaluate(checkpoint_path: Path, data: Path, split: str, loader: str, batch_
     ckpt = checkpoint.load(checkpoint_path)
     try:
         r = Recipe.from_dict(ckpt["recipe"])
+        check_model(r.model)
     except ValueError as exc:
         raise ValueError(f"{checkpoint_path}: {exc}") from None
     dev = resolve_device(device)
