@@ -208,6 +208,13 @@ def _run(data: Path, out: Path, recipe: Recipe, options: dict) -> None:
         fail(str(exc), getattr(exc, "exit_code", 1))
     except OSError as exc:
         _fail_on_file(exc)
+    except RuntimeError as exc:  # under torchrun: a collective failed because another rank died or stopped
+        from .distributed import lost_peer
+
+        line = lost_peer(exc, options["dist_timeout"])
+        if line is None:
+            raise
+        fail(line)
 
 
 def _fail_on_file(exc: OSError) -> None:
