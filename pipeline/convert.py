@@ -178,8 +178,7 @@ def _write_failure(exc: OSError, tmp: Path | None, target: Path, out: Path) -> s
     where = Path(exc.filename) if exc.filename else (tmp if tmp is not None else target.parent)
     if tmp is not None and where.parent == tmp:
         where = out / where.name
-    return f"cannot write {where}: {exc.strerror if isinstance(exc, WriteError) else reason(exc)}; " \
-           "--out was left as it was"
+    return f"cannot write {where}: {reason(exc)}; --out was left as it was"
 
 
 def _resolve_out(out: Path) -> Path:
