@@ -7,6 +7,7 @@ import typer
 import alexpipe.bench.cli
 import alexpipe.pipeline.cli
 import alexpipe.train.cli
+from alexpipe.terminal import console, literal
 
 app = typer.Typer(
     name="alexpipe",
@@ -22,4 +23,12 @@ alexpipe.bench.cli.register(app)
 
 
 def main() -> None:
-    app()
+    """The command; a file that could not be written is one line, whichever sub-command wrote it (the
+    sub-commands catch their own errors; this is the last line of defence against a traceback)."""
+    from alexpipe.atomic import WriteError
+
+    try:
+        app()
+    except WriteError as exc:
+        console(stderr=True).print(f"[bold red]error:[/] {literal(exc)}")
+        raise SystemExit(1) from None

@@ -186,12 +186,16 @@ def _overhead_chart(ok: list[dict[str, Any]], doc: dict[str, Any], path: Path) -
 
 
 def write_all(doc: dict[str, Any], out: Path, stem: str = "bench") -> list[Path]:
-    """bench.json, bench.md, bench.png in `out` (each written atomically)."""
-    out.mkdir(parents=True, exist_ok=True)
+    """bench.json, bench.md, bench.png in `out`, each through `alexpipe.atomic` (a full disk is one WriteError
+    naming the file, and leaves no temporary file)."""
+    from alexpipe.atomic import WriteError, write_text
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(out, exc) from None
     paths = [out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"]
     for p, text in ((paths[0], json.dumps(doc, indent=2) + "\n"), (paths[1], markdown(doc))):
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, p)
+        write_text(p, text)
     chart(doc, paths[2])
     return paths

@@ -18,6 +18,8 @@ from typing import Iterator, Optional
 
 import typer
 
+from alexpipe.atomic import WriteError, reason
+from alexpipe.paths import GROWS, check_fits
 from alexpipe.terminal import console, fail, literal, note
 
 from .cache import cache_dir
@@ -31,13 +33,14 @@ INTERRUPTED = 130  # the shell's status for a process stopped by Ctrl-C
 def _one_line_errors(interrupted: str) -> Iterator[None]:
     """Turn whatever a command raises into one `error:` line and an exit status.
 
-    DataError is the expected kind; Ctrl-C exits 130 saying `interrupted`;
-    anything else is a bug, still reported in one line (ALEXPIPE_DEBUG=1
-    re-raises it with its traceback).
+    DataError is the expected kind, WriteError (a full disk, ...) and an
+    OSError naming a file are the machine's; Ctrl-C exits 130 saying
+    `interrupted`; anything else is a bug, still reported in one line
+    (ALEXPIPE_DEBUG=1 re-raises it with its traceback).
     """
     try:
         yield
-    except DataError as exc:
+    except (DataError, WriteError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         fail(interrupted, INTERRUPTED)
@@ -46,8 +49,9 @@ def _one_line_errors(interrupted: str) -> Iterator[None]:
     except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback
         if isinstance(exc, (typer.Exit, typer.Abort)) or os.environ.get("ALEXPIPE_DEBUG"):
             raise
-        where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
-        fail(f"unexpected {type(exc).__name__}{where}: {exc} — please report this "
+        if isinstance(exc, OSError) and exc.filename:  # the machine refused a file: not a bug
+            fail(f"{exc.filename}: {reason(exc)}")
+        fail(f"unexpected {type(exc).__name__}: {exc} — please report this "
              "(ALEXPIPE_DEBUG=1 shows where it happened)")
 
 
@@ -110,6 +114,8 @@ def convert_cmd(
 
         if seed < 0:  # before a download; convert checks it too
             fail(f"--seed must be a non-negative integer, got {seed}")
+        if download_dir is not None:
+            check_fits("--download-dir", download_dir, grows=GROWS)
         src = _resolve_source(source, use_download, url, md5, download_dir)
         err = console(stderr=True)
         # a progress bar only on a terminal: piped or logged, it is noise (and a stray blank line)
@@ -167,6 +173,7 @@ def info_cmd(
         from .fileformat import SPLITS, split_path
         from .integrity import read_manifest, recorded_splits, verify_dataset
 
+        check_fits("DATA", data, grows=GROWS)
         if not data.is_dir():
             fail(f"{data} is not a folder written by `alexpipe convert`")
         manifest = read_manifest(data)

@@ -34,6 +34,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from alexpipe.atomic import WriteError, os_error_in, reason
+from alexpipe.paths import GROWS, too_long
+
 from .beton import FFCV_HINT, beton_path, ffcv_installed, write_beton
 from .errors import DataError
 from .fileformat import FORMAT_NAME, FORMAT_VERSION, SplitMeta, content_digest, fsync_dir, split_path, write_split
@@ -45,6 +48,9 @@ from .sources import NUM_CLASSES, RawCifar, read_cifar10
 from .stats import ChannelStats, compute_stats
 
 TMP_MARKER = ".alexpipe-tmp"  # inside a temporary folder while it is being written
+# What the longest name made beside --out adds to its name: the temporary folder `.<name>.tmp-<pid>-<8 random>`
+# (a Linux pid has at most 7 digits); the lock `.<name>.lock` adds less.
+NAME_ROOM = len(".") + len(".tmp-") + 7 + len("-") + 8
 
 
 def default_sources() -> list[Path]:
@@ -113,6 +119,10 @@ def convert(source: Path, out: Path, *, val_size: int = 10_000, seed: int = 0,
     out = Path(out).expanduser()
     if seed < 0:
         raise DataError(f"--seed must be a non-negative integer, got {seed}")
+    for flag, path, beside in (("--source", Path(source).expanduser(), 0), ("--out", out, NAME_ROOM)):
+        why = too_long(path, beside=beside, grows=GROWS)
+        if why:
+            raise DataError(f"{flag} {path}: {why}")
     target = _resolve_out(out)
     _refuse_overlap(Path(source).expanduser(), target, out)
     notes: list[str] = []
@@ -138,17 +148,37 @@ def convert(source: Path, out: Path, *, val_size: int = 10_000, seed: int = 0,
         try:
             tmp = _make_temp(target)
             summaries, manifest = _write_all(tmp, raw, parts, stats, source_info, val_size, seed, want_betons, step)
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            _write_file(tmp / MANIFEST, lambda path: path.write_text(json.dumps(manifest, indent=2) + "\n"))
             _swap_into_place(tmp, target)
         except OSError as exc:
-            where = exc.filename or (tmp if tmp is not None else target.parent)
-            raise DataError(f"cannot write {where}: {exc.strerror or exc}") from None
+            raise DataError(_write_failure(exc, tmp, target, out)) from None
         finally:
             if tmp is not None:
                 with _no_interrupts():
                     shutil.rmtree(tmp, ignore_errors=True)
     return ConvertSummary(out=out, classes=raw.classes, splits=summaries, stats=stats, source=source_info,
                           betons=want_betons, seconds=time.perf_counter() - t0, notes=notes)
+
+
+def _write_file(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(path)`, with a failure of the disk (however the writing library wraps it) as a WriteError naming
+    `path`: safetensors turns a full disk into its own SafetensorError."""
+    try:
+        write(path)
+    except Exception as exc:  # noqa: BLE001 - only the disk's failures are translated
+        cause = os_error_in(exc)
+        if cause is None:
+            raise
+        raise WriteError(path, cause) from None
+
+
+def _write_failure(exc: OSError, tmp: Path | None, target: Path, out: Path) -> str:
+    """One line for a failed write: the file as the user will know it (its place in --out, not in the
+    temporary folder) and the reason in plain words."""
+    where = Path(exc.filename) if exc.filename else (tmp if tmp is not None else target.parent)
+    if tmp is not None and where.parent == tmp:
+        where = out / where.name
+    return f"cannot write {where}: {reason(exc)}; --out was left as it was"
 
 
 def _resolve_out(out: Path) -> Path:
@@ -274,7 +304,11 @@ def _temp_prefix(target: Path) -> str:
 def _make_temp(target: Path) -> Path:
     """A fresh temporary folder beside `target`, named after this process and marked as alexpipe's."""
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{_temp_prefix(target)}{os.getpid()}-"))
-    (tmp / TMP_MARKER).write_text(f"alexpipe convert, pid {os.getpid()}\n")
+    try:
+        (tmp / TMP_MARKER).write_text(f"alexpipe convert, pid {os.getpid()}\n")
+    except BaseException:  # a full disk: the caller never learns the name, so remove the folder here
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return tmp
 
 
@@ -341,13 +375,13 @@ def _write_all(tmp: Path, raw: RawCifar, parts: dict, stats: ChannelStats, sourc
                          val_size=val_size, source=source_info, format_version=FORMAT_VERSION,
                          created_utc=created)
         path = split_path(tmp, name)
-        write_split(path, images, labels, idx, meta)
+        _write_file(path, lambda p: write_split(p, images, labels, idx, meta))
         files[path.name] = {"split": name, "num_images": len(idx), "content_sha256": meta.content_sha256}
         summaries.append(SplitSummary(name, len(idx), counts, path.name))
         if want_betons:
             step(f"writing {name}.beton")
             bpath = beton_path(tmp, name)
-            write_beton(bpath, images, labels)
+            _write_file(bpath, lambda p: write_beton(p, images, labels))
             files[bpath.name] = {"split": name, "num_images": len(idx), "sha256": file_hexdigests(bpath, "sha256")[0]}
     if want_betons and len(parts["val"][1]) == 0:
         step("writing val.beton")  # keep the step count whatever val_size is

@@ -107,6 +107,27 @@ class _Array:
         self.array = flat.reshape(shape, order="F" if fortran else "C")
 
 
+def _frombuffer(buf: object, dtype: object, shape: object, order: object, axis_order: object = None) -> _Array:
+    """numpy's `_frombuffer`, which protocol 5 pickles name (the array's bytes in a PickleBuffer, in band),
+    checked as `_Array.__setstate__` checks protocols 0-4: a plain dtype, a bounded shape, exactly its bytes."""
+    if not isinstance(dtype, _Dtype):
+        raise pickle.UnpicklingError("array dtype was not built by numpy.dtype")
+    shape = _check_shape(shape, dtype.dtype.itemsize)
+    if order not in ("C", "F", "K") or not (axis_order is None or (
+            isinstance(axis_order, tuple) and sorted(axis_order) == list(range(len(shape))))):
+        raise pickle.UnpicklingError(f"array order {order!r} / axis order {axis_order!r} is not numpy's")
+    if not isinstance(buf, (bytes, bytearray)):
+        raise pickle.UnpicklingError("array data is not raw bytes")
+    need = math.prod(shape) * dtype.dtype.itemsize
+    if len(buf) != need:
+        raise pickle.UnpicklingError(f"array data is {len(buf):,} bytes, its shape {shape} needs {need:,}")
+    flat = np.frombuffer(buf, dtype=dtype.dtype)
+    out = _Array()
+    out.array = (flat.reshape(shape, order="C").transpose(axis_order) if order == "K" and axis_order is not None
+                 else flat.reshape(shape, order=order))
+    return out
+
+
 def _reconstruct(subtype: object, shape: object, typecode: object) -> _Array:
     """numpy's `_reconstruct(ndarray, (0,), b'b')`, checked: an empty placeholder, no allocation."""
     if subtype is not _NDARRAY:
@@ -116,13 +137,16 @@ def _reconstruct(subtype: object, shape: object, typecode: object) -> _Array:
 
 
 # (module, name) pairs a genuine batch may reference. numpy 2 moved
-# numpy.core to numpy._core; a file re-pickled by numpy 2 names the new path,
-# and Python 3's protocol 2 spells bytes as _codecs.encode(str, "latin1")
-# (a pure function: it can only turn text into bytes).
+# numpy.core to numpy._core; a file re-pickled by numpy 2 names the new path.
+# Python 3's protocols 0-2 spell bytes as _codecs.encode(str, "latin1") (a
+# pure function: it can only turn text into bytes); protocol 5 hands an
+# array's bytes to numpy's _frombuffer.
 _ALLOWED = {
     ("_codecs", "encode"): codecs.encode,
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
     ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _Dtype,
 }

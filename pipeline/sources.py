@@ -35,9 +35,15 @@ RECORD_PIXELS = 3072
 TRAIN_BATCHES = 5
 RECORDS_PER_BATCH = 10_000
 
-# The largest file of either version: a python batch is ~31,035,700 bytes
-# (30,720,000 pixel bytes + labels + file names), a binary batch 30,730,000.
-MAX_BATCH_BYTES = 40_000_000
+# The largest file of either version. A binary batch is 30,730,000 bytes; the
+# official python batches (Python 2 pickles) ~31,035,700: 30,720,000 pixel
+# bytes + labels + file names, as are batches pickled by Python 3 with
+# protocols 3 to 5. Protocols 1 and 2 store bytes as latin-1 text, UTF-8 in
+# the pickle, where every byte above 0x7f takes two: up to 61,440,000 bytes
+# of pixels (about 44.7 MB for the real batches); protocol 0 writes five byte
+# values as six-byte escapes (about 34 MB for the real batches). So a batch
+# may be twice its pixels and a margin; memory stays bounded by this all the same.
+MAX_BATCH_BYTES = 64 << 20  # 67,108,864
 MAX_META_BYTES = 1 << 20  # batches.meta is 158 bytes, batches.meta.txt 61
 # An archive has 8 files and a folder; any other member is skipped unread, but
 # still has to be decompressed, so its size and the number of members are capped too.

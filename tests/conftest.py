@@ -5,7 +5,9 @@ here is skipped, saying which (`pytest_runtest_setup`, the one place tests are
 skipped): `cuda`, `dali`, `ffcv`, `nvcc`, `real_data`. `slow` marks what
 `make test-fast` leaves out. Tests that use the `real_data` fixture, or run
 the dali or ffcv backend (a `backend` parameter), get those markers, and
-`slow`, without saying so.
+`slow`, without saying so. A test that fills a disk mounts a small file
+system of its own (`small_fs`), and is skipped, saying why, where this
+machine does not let it (mounting needs root).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import pickle
+import shutil
+import subprocess
 import tarfile
 from functools import cache
 from pathlib import Path
@@ -153,6 +157,29 @@ def make_source(tmp: Path, batches, version: str, form: str) -> Path:
     if form == "archive":
         return write_archive(tmp / f"cifar-10-{version}.tar.gz", top, files)
     return write_folder(tmp / f"extracted-{version}", top, files)
+
+
+@pytest.fixture()
+def small_fs(tmp_path):
+    """`small_fs(size)`: a fresh tmpfs of `size` ("2m") mounted inside tmp_path, unmounted after the test: a
+    disk that really fills up, with no other user to disturb."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        where = tmp_path / f"fs{len(mounted)}"
+        where.mkdir()
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command: cannot make a small file system to fill")
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                             capture_output=True, text=True)
+        if res.returncode:
+            pytest.skip(f"cannot mount a small file system to fill (needs root): {res.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 @pytest.fixture(scope="session")

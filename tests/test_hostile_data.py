@@ -32,6 +32,7 @@ from alexpipe.pipeline.convert import convert
 from alexpipe.pipeline.fileformat import content_digest, split_path
 from alexpipe.pipeline.hashing import file_hexdigests
 from alexpipe.pipeline.integrity import verify_dataset
+from alexpipe.pipeline.sources import MAX_BATCH_BYTES
 from alexpipe.terminal import literal
 
 from conftest import CLASSES, ROOT, make_source, source_files, write_archive
@@ -511,12 +512,13 @@ def _archive_declaring(path: Path, members: dict[str, int | bytes], top: str = "
 
 def test_decompression_bomb_is_refused_by_declared_size_before_reading(tmp_path, synthetic):
     _, files = source_files(synthetic, "python")
+    over = MAX_BATCH_BYTES + 1
     cases = {
-        "batch": ({**files, "data_batch_1": 41_000_000}, "data_batch_1: declares 41,000,000 bytes, more than a "
-                                                         "CIFAR-10 batch can hold (40,000,000)"),
+        "batch": ({**files, "data_batch_1": over}, f"data_batch_1: declares {over:,} bytes, more than a "
+                                                   f"CIFAR-10 batch can hold ({MAX_BATCH_BYTES:,})"),
         "meta": ({**files, "batches.meta": 2 << 20}, "batches.meta: declares 2,097,152 bytes, more than a CIFAR-10 "
                                                      "meta file can hold"),
-        "other member": ({**files, "readme.html": 41_000_000}, "readme.html: declares 41,000,000 bytes"),
+        "other member": ({**files, "readme.html": over}, f"readme.html: declares {over:,} bytes"),
     }
     for case, (members, fragment) in cases.items():
         bomb = _archive_declaring(tmp_path / f"{case}.tar.gz", members)
@@ -584,12 +586,19 @@ def test_hostile_pickles_are_one_line(tmp_path, synthetic):
     d, labels = synthetic["data_batch_2"]
     labels = [int(v) for v in labels]
     _reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # what a genuine pickle names
+    _frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # what a genuine protocol-5 pickle names
 
     cases = {
         "huge label": (_batch(d, labels[:-1] + [2 ** 70]), "label 1180591620717411303424 at record 59 is outside 0..9"),
         "16 TB through _reconstruct": (pickle.dumps({"data": _Call(_reconstruct, np.ndarray, (2 ** 44,), b"b"),
                                                      "labels": labels}, protocol=2),
                                        "larger than any CIFAR-10 batch holds"),
+        "16 TB through _frombuffer": (pickle.dumps({"data": _Call(_frombuffer, bytearray(1), np.dtype("u1"),
+                                                                  (2 ** 44,), "C"), "labels": labels}, protocol=5),
+                                      "larger than any CIFAR-10 batch holds"),
+        "_frombuffer short of bytes": (pickle.dumps({"data": _Call(_frombuffer, bytearray(10), np.dtype("u1"),
+                                                                   (60, 3072), "C"), "labels": labels}, protocol=5),
+                                       "array data is 10 bytes, its shape (60, 3072) needs 184,320"),
         "ndarray called directly": (pickle.dumps({"data": _Call(np.ndarray, (2 ** 44,)), "labels": labels},
                                                  protocol=2), "refusing to call numpy.ndarray"),
         "object array": (_batch(np.array([None] * 3, dtype=object), labels), "is not a plain numeric type"),
@@ -600,6 +609,46 @@ def test_hostile_pickles_are_one_line(tmp_path, synthetic):
         one_error(run("convert", "--source", src, "--out", tmp_path / "out", "--allow-partial", "--no-beton"),
                   fragment)
     assert not (tmp_path / "out").exists()
+
+
+def _real_sized_batch(seed: int = 0, pixels: np.ndarray | None = None) -> dict:
+    """A python-version batch of the real size: 10,000 images, labels, file names like the official ones."""
+    rng = np.random.default_rng(seed)
+    return {"batch_label": "training batch 1 of 5", "labels": [int(v) for v in rng.integers(0, 10, 10_000)],
+            "data": rng.integers(0, 256, (10_000, 3072), dtype=np.uint8) if pixels is None else pixels,
+            "filenames": [f"leptodactylus_pentadactylus_s_{i:06d}.png" for i in range(10_000)]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_a_real_sized_batch_in_every_pickle_protocol_converts(tmp_path, synthetic, protocol):
+    """Python 3 writes a batch's bytes as latin-1 text in protocols 0-2 (protocol 1 and 2: ~1.5 times the
+    pixels for natural images), as raw bytes in 3-4, through numpy's _frombuffer in 5: all are CIFAR-10."""
+    from alexpipe.pipeline.safe_unpickle import safe_loads
+    from alexpipe.pipeline.sources import read_cifar10
+
+    batch = _real_sized_batch(protocol)
+    blob = pickle.dumps(batch, protocol=protocol)
+    assert np.array_equal(safe_loads(blob, "data_batch_1")["data"], batch["data"])
+    top, files = source_files(synthetic, "python")
+    archive = tmp_path / "cifar.tar"  # uncompressed: gzip would spend seconds on random pixels
+    with tarfile.open(archive, "w") as tar:
+        for name, data in {**files, "data_batch_1": blob}.items():
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    raw = read_cifar10(archive, allow_partial=True)
+    expected = batch["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    assert np.array_equal(raw.train.images[:10_000], expected)
+    assert raw.train.labels[:10_000].tolist() == batch["labels"]
+
+
+def test_the_size_limit_admits_the_largest_encoding_of_a_batch():
+    """Protocols 1 and 2 take two bytes for every pixel byte above 0x7f, so a batch of bright images is the
+    largest encoding of natural images (protocol 0 writes five byte values as six-byte escapes: about 1.1
+    times the pixels for the real batches)."""
+    bright = _real_sized_batch(pixels=np.full((10_000, 3072), 0xFF, np.uint8))
+    assert max(len(pickle.dumps(bright, protocol=p)) for p in (1, 2)) <= MAX_BATCH_BYTES
 
 
 def test_bad_flags_and_unwritable_places_are_one_line(tmp_path, src):

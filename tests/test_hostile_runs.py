@@ -4,6 +4,7 @@ trains, nothing is overwritten, nothing half-written is left behind."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -241,3 +242,62 @@ def test_bench_checks_its_output_and_data_before_measuring(data, tmp_path):
     split_path(data, "train").write_bytes(b"\0" * 4096)
     one_error_line(run("bench", "loaders", "--data", data, "--duration", "0.1", "--repeats", "1"),
                    "train.safetensors")
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_previous_checkpoint(data, small_fs):
+    """Room for one epoch's last.pt and best.pt (186 MB each), not for epoch 2's last.pt beside them."""
+    out = small_fs("400m") / "run"
+    res = run("train", "--data", data, "--out", out, *QUICK, "--epochs", "2")
+    one_error_line(res, "no space left on device")
+    assert f"cannot write {out / 'last.pt'}" in res.output, res.output
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+    assert checkpoint.load(out / "last.pt")["epoch"] == 1  # the previous checkpoint, whole
+
+
+def _rank_pid(parent: int, rank: int) -> int:
+    """The pid of torchrun's worker process of `rank` (read from its environment)."""
+    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
+            return int(child)
+    raise AssertionError(f"no rank {rank} under torchrun {parent}")
+
+
+def _poll(pattern: str, text: str, timeout: float = 300) -> str:
+    """The content of the file matching `pattern` (a glob) once it holds `text`."""
+    end = time.time() + timeout
+    while time.time() < end:
+        for name in glob.glob(pattern):
+            content = Path(name).read_text(errors="replace")
+            if text in content:
+                return content
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared in {pattern}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["killed", "stopped"])
+def test_a_rank_killed_or_stopped_under_torchrun_leaves_the_other_one_line(data, tmp_path, how):
+    """SIGKILL one rank: the other's collective fails at once; SIGSTOP it: the other's times out after
+    --dist-timeout. Either way the surviving rank prints one error line, no traceback, and fails."""
+    logs = tmp_path / "logs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--log-dir",
+           str(logs), "--redirects", "3", "-m", "alexpipe", "train", "--data", str(data), "--out",
+           str(tmp_path / "run"), "--epochs", "50", "--batch-size", "50", "--lr", "0.05", "--dist-timeout", "10"]
+    torchrun = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    survivor = str(logs / "*" / "attempt_0" / "0" / "stderr.log")  # rank 0's own output (--redirects)
+    try:
+        _poll(survivor, "epoch   1/50")
+        victim = _rank_pid(torchrun.pid, 1)
+        os.kill(victim, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        said = _poll(survivor, "error:", timeout=120)
+        if how == "stopped":
+            os.kill(victim, signal.SIGKILL)  # torchrun would wait 30 s for a stopped process to obey SIGTERM
+        torchrun.communicate(timeout=120)
+    finally:
+        torchrun.kill()
+    lines = [ln for ln in said.splitlines() if ln.strip()]
+    assert torchrun.returncode != 0 and "Traceback" not in said and lines[-1].startswith("error: rank 0: "), said
+    assert ("another process of this job has gone" if how == "killed" else
+            "waited --dist-timeout 10 s for the other processes of this job") in lines[-1], said

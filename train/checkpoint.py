@@ -2,19 +2,23 @@
 
 Everything is stored as tensors and plain Python values (RNG states included),
 so `torch.load(weights_only=True)` can read it: a checkpoint from elsewhere
-cannot execute anything. Writes go to a temporary file renamed into place, so
-an interruption leaves the previous checkpoint intact.
+cannot execute anything. Writes go through `alexpipe.atomic` (a temporary
+file renamed into place), so an interruption or a full disk leaves the
+previous checkpoint intact and no temporary file behind.
 """
 
 from __future__ import annotations
 
-import os
 import random
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from alexpipe.atomic import write_atomic
 
 FORMAT = "alexpipe-checkpoint"
 VERSION = 1
@@ -102,35 +106,79 @@ def _python_state_from_plain(s: list) -> tuple:
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary sibling, fsync, rename over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **obj}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """torch.save to a temporary sibling, fsync, rename over `path`.
+
+    Thread-safe (every call has its own temporary name); a failure of the disk
+    is `alexpipe.atomic.WriteError`, one line naming `path`.
+    """
+    write_atomic(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **obj}, f))
 
 
-def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by `save_atomic`; ValueError with one sentence otherwise."""
+# What each use of a checkpoint reads, and the type each part must have: a checkpoint may have been edited by
+# hand, and a part that is missing or of another type must be one line, not a KeyError deep in a resume.
+EVALUATE = {"epoch": int, "model": dict, "recipe": dict, "classes": list}
+RESUME = {**EVALUATE, "optimizer": dict, "schedule": dict, "rng": (dict, list), "data": dict, "history": list,
+          "best": dict}
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+
+
+def load(path: Path, map_location: str | torch.device = "cpu",
+         require: dict[str, type | tuple[type, ...]] = EVALUATE) -> dict[str, Any]:
+    """Load a checkpoint written by `save_atomic`; ValueError with one sentence otherwise.
+
+    `require` names the parts the caller will read and their types (EVALUATE,
+    RESUME): a checkpoint without one of them, or with it of another type, is
+    refused here, naming the part.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such checkpoint")
+    with open(path, "rb") as f:
+        if f.read(len(_ZIP_MAGIC)) != _ZIP_MAGIC:
+            raise ValueError(f"{path}: not an alexpipe checkpoint (not a file torch.save writes)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings about the file's pickle protocol: not the user's concern
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle errors, truncated zip, refused globals: all one line
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
-        raise ValueError(f"{path}: not a readable alexpipe checkpoint ({type(exc).__name__}: {first[:200]})") \
-            from None
+        raise ValueError(f"{path}: not a readable alexpipe checkpoint ({_why_unreadable(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: not an alexpipe checkpoint")
     if ckpt.get("version") != VERSION:
         raise ValueError(f"{path}: checkpoint version {ckpt.get('version')} is not {VERSION}")
-    missing = [k for k in ("epoch", "model", "recipe", "classes") if k not in ckpt]
+    missing = [k for k in require if k not in ckpt]
     if missing:
         raise ValueError(f"{path}: not a complete alexpipe checkpoint (no {', '.join(missing)})")
+    for key, kind in require.items():
+        if not isinstance(ckpt[key], kind) or (kind is int and isinstance(ckpt[key], bool)):
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise ValueError(f"{path}: not a usable alexpipe checkpoint (its {key} is "
+                             f"{_short(repr(ckpt[key]))}, not {'an' if names[0] in 'aeiou' else 'a'} {names})")
     return ckpt
+
+
+def _why_unreadable(exc: Exception) -> str:
+    """torch's reason in one whole sentence, without its advice.
+
+    When torch's safe loader refuses an object, its message goes on to suggest
+    loading the file with `weights_only=False`, that is, running whatever code
+    the file holds: a user must never be told that about a file from elsewhere.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch's message carries terminal bold
+    refused = re.search(r"WeightsUnpickler error:\s*(.*)", text, re.S)
+    if refused:
+        return ("it holds objects other than tensors and plain values, which are never loaded: "
+                f"{_first_sentence(refused.group(1))}")
+    return f"{type(exc).__name__}: {_first_sentence(text)}"
+
+
+def _first_sentence(text: str) -> str:
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return _short(re.split(r"(?<=[a-z0-9)])\. ", line, maxsplit=1)[0].rstrip("."))
+
+
+def _short(text: str, limit: int = 200) -> str:
+    """`text`, cut at a word boundary with an ellipsis if it is longer than `limit`: never mid-word."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0] + " …"

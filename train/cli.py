@@ -8,6 +8,7 @@ answers at once.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import sys
@@ -17,13 +18,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from alexpipe.model import INIT_SCHEMES, MODEL_NAMES
+from alexpipe.atomic import WriteError, reason
+from alexpipe.model import INIT_SCHEMES
+from alexpipe.paths import GROWS, check_fits
 from alexpipe.pipeline.augment import PCA_VARIANTS
 from alexpipe.pipeline.loaders import BACKENDS
-from alexpipe.terminal import console, fail, literal
+from alexpipe.terminal import console, fail, literal, note
 
 from .hardware import AMP_MODES, COMPILE_MODES, DEVICES
-from .recipes import INPUTS, RECIPES, SCHEDULES, Recipe, get_recipe
+from .recipes import INPUTS, MODELS, RECIPES, SCHEDULES, Recipe, check_model, get_recipe
 
 DEFAULT_DATA = Path("data/cifar10")
 _RECIPE_HELP = "Overrides the recipe's value."
@@ -48,8 +51,8 @@ def _overrides(**given) -> dict:
             out["step_epochs"] = tuple(int(s) for s in str(out["step_epochs"]).split(",") if s.strip())
         except ValueError:
             fail(f"--step-epochs takes comma-separated epoch numbers, got {given['step_epochs']!r}")
-    if "clip_grad_norm" in out and out["clip_grad_norm"] <= 0:
-        out["clip_grad_norm"] = None  # 0 turns clipping off
+    if "clip_grad_norm" in out and math.isfinite(out["clip_grad_norm"]) and out["clip_grad_norm"] <= 0:
+        out["clip_grad_norm"] = None  # 0 turns clipping off (nan and -inf are refused by the recipe's validation)
     return out
 
 
@@ -81,7 +84,7 @@ Loader = Annotated[Optional[_choice("Backend", BACKENDS)], typer.Option(help=f"{
 TtaFlip = Annotated[Optional[bool], typer.Option("--tta-flip/--no-tta-flip", help=f"{_R} Evaluate on image + "
                                                                                     "mirror.")]
 Seed = Annotated[Optional[int], typer.Option(help=f"{_R} Seeds weights, shuffles and augmentation.")]
-Model = Annotated[Optional[_choice("Model", MODEL_NAMES)], typer.Option(help=f"{_R} Network.")]
+Model = Annotated[Optional[str], typer.Option(metavar="<" + "|".join(MODELS) + ">", help=f"{_R} Network.")]
 # ... then where and how to run it
 Data = Annotated[Optional[Path], typer.Option(help="Folder written by `alexpipe convert` [default: data/cifar10, "
                                                    "or the run's own with --resume].")]
@@ -112,7 +115,8 @@ CheckpointEvery = Annotated[int, typer.Option(help="Write last.pt every N epochs
                                                    "epoch). A kill -9 loses at most N - 1 epochs.")]
 Subset = Annotated[Optional[int], typer.Option(help="Train on a class-balanced subset of N train images.")]
 EvalSubset = Annotated[Optional[int], typer.Option(help="Validate/test on class-balanced subsets of N images.")]
-Workers = Annotated[int, typer.Option(help="Worker processes (torchvision) or threads (DALI, FFCV).")]
+Workers = Annotated[Optional[int], typer.Option(help="Worker processes (torchvision) or threads (DALI, FFCV), at "
+                                                      "most the usable CPU cores [default: 2].")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")]
 Force = Annotated[bool, typer.Option("--force", help="Start over in a non-empty --out, or resume despite a changed "
                                                      "recipe/dataset (the optimiser and lr schedule then continue "
@@ -138,10 +142,14 @@ def train_cmd(
     seed: Seed = None, model: Model = None, device: Device = "auto", amp: Amp = None,
     channels_last: ChannelsLast = None, compile: Compile = False, compile_mode: CompileMode = "default",
     cuda_graphs: CudaGraphs = None, checkpoint_every: CheckpointEvery = 5, subset: Subset = None,
-    eval_subset: EvalSubset = None, workers: Workers = 2, resume: Resume = False, force: Force = False, log_every: LogEvery = 20, scale_lr: ScaleLr = False, dist_timeout: DistTimeout = 600.0,
+    eval_subset: EvalSubset = None, workers: Workers = None, resume: Resume = False, force: Force = False,
+    log_every: LogEvery = 20, scale_lr: ScaleLr = False, dist_timeout: DistTimeout = 600.0,
 ) -> None:
     """Train AlexNet on converted CIFAR-10 (default: the write-up's 49-epoch recipe)."""
     given = {k: _plain(v) for k, v in locals().items()}
+    _check_out(out)
+    if data is not None:
+        check_fits("--data", data, grows=GROWS)
     changes = _overrides(**{k: given[k] for k in _RECIPE_OPTIONS})
     recipe, device, amp, compile_mode = (given[k] for k in ("recipe", "device", "amp", "compile_mode"))
     data_from = None
@@ -153,9 +161,10 @@ def train_cmd(
                     fail(f"{out} was trained with recipe {base.name!r}, not {recipe!r} (pass --force to switch to "
                          "it from the resumed epoch on)")
                 base = get_recipe(recipe)
-            subset = saved.get("subset") if subset is None else subset
+            # a run recorded before 0 was refused took it to mean the whole split, as None does
+            subset = (saved.get("subset") or None) if subset is None else subset
+            eval_subset = (saved.get("eval_subset") or None) if eval_subset is None else eval_subset
             amp = _SAVED_AMP.get(saved.get("amp"), "auto") if amp is None else amp
-            eval_subset = saved.get("eval_subset") if eval_subset is None else eval_subset
             if data is None and saved.get("data"):
                 data, data_from = Path(saved["data"]), str(out / "config.json")
         else:
@@ -166,12 +175,42 @@ def train_cmd(
             r = r.replace(lr=r.lr * r.batch_size / base.batch_size)
     except (ValueError, TypeError) as exc:
         fail(str(exc))
+    _check_run_options(subset=subset, eval_subset=eval_subset, dist_timeout=dist_timeout)
+    workers = _workers(workers)
     _run(data if data is not None else DEFAULT_DATA, out, r, dict(
         device=device, amp=amp, channels_last=channels_last, compile=compile, compile_mode=compile_mode,
         cuda_graphs=cuda_graphs, checkpoint_every=checkpoint_every, subset=subset, eval_subset=eval_subset,
         data_from=data_from,
         num_workers=workers, resume=resume, force=force, log_every=max(1, log_every), dist_timeout=dist_timeout,
         command=" ".join(shlex.quote(a) for a in ["alexpipe", *sys.argv[1:]])))
+
+
+MAX_DIST_TIMEOUT = 7 * 24 * 3600  # a week: longer is no timeout at all, and far larger overflows a timedelta
+
+
+def _check_run_options(subset: Optional[int], eval_subset: Optional[int], dist_timeout: float) -> None:
+    """The options that are not recipe fields, each refused in one line naming its flag."""
+    for flag, n in (("--subset", subset), ("--eval-subset", eval_subset)):
+        if n is not None and n <= 0:  # 0 would otherwise read as "not given": the whole split
+            fail(f"{flag} must be a positive number of images (a multiple of the number of classes), got {n}")
+    if not (math.isfinite(dist_timeout) and 0 < dist_timeout <= MAX_DIST_TIMEOUT):
+        fail(f"--dist-timeout must be a number of seconds above 0 and at most {MAX_DIST_TIMEOUT:,} (a week), "
+             f"got {dist_timeout}")
+
+
+def _workers(given: Optional[int]) -> int:
+    """The loader's worker count: the one given, capped to the usable cores (saying so, once per job), or 2."""
+    from alexpipe.pipeline.workers import check_workers, usable_cores
+
+    if given is None:
+        return min(2, usable_cores())
+    try:
+        workers, capped = check_workers(given)
+    except ValueError as exc:
+        fail(str(exc))
+    if capped and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+        note(capped)
+    return workers
 
 
 def _run(data: Path, out: Path, recipe: Recipe, options: dict) -> None:
@@ -183,8 +222,34 @@ def _run(data: Path, out: Path, recipe: Recipe, options: dict) -> None:
 
     try:
         fit(RunOptions(data=data, out=out, recipe=recipe, **options))
-    except (TrainingError, DataError, ValueError) as exc:
+    except (TrainingError, DataError, ValueError, WriteError) as exc:
         fail(str(exc), getattr(exc, "exit_code", 1))
+    except OSError as exc:
+        _fail_on_file(exc)
+    except RuntimeError as exc:  # under torchrun: a collective failed because another rank died or stopped
+        from .distributed import lost_peer
+
+        line = lost_peer(exc, options["dist_timeout"])
+        if line is None:
+            raise
+        fail(line)
+
+
+def _fail_on_file(exc: OSError) -> None:
+    """An OSError naming a file (the machine refused it: a name too long, a folder gone) as one line; one that
+    names none is not the user's to act on, and goes on up."""
+    if exc.filename is None:
+        raise exc
+    fail(f"{exc.filename}: {reason(exc)}")
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a path the file system takes, and not a symbolic link to nowhere (which the run could
+    neither create nor write into)."""
+    check_fits("--out", out, grows=GROWS)
+    if out.is_symlink() and not out.exists():
+        fail(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist: create that folder "
+             "first, or choose another --out")
 
 
 _SAVED_AMP = {"bfloat16": "bf16", "float16": "fp16", "off": "off"}  # config.json's record -> --amp
@@ -225,12 +290,19 @@ def evaluate_cmd(
     from .errors import TrainingError
 
     split, loader, device, amp = (_plain(v) for v in (split, loader, device, amp))
+    if batch_size < 1:
+        fail(f"--batch-size must be positive, got {batch_size}")
+    check_fits("CHECKPOINT", checkpoint_path)
+    check_fits("--data", data, grows=GROWS)
     if json_out is not None:  # before an evaluation that may take a minute, not after it
+        check_fits("--json", json_out, grows=GROWS)
         _check_writable(json_out)
     try:
         res, classes, epoch = _evaluate(checkpoint_path, data, split, loader, batch_size, tta_flip, device, amp)
     except (TrainingError, DataError, ValueError) as exc:
         fail(str(exc))
+    except OSError as exc:
+        _fail_on_file(exc)
     conf = res["confusion"]
     per_class = [row[i] / max(1, sum(row)) for i, row in enumerate(conf)]
     out = console()
@@ -240,8 +312,11 @@ def evaluate_cmd(
     if json_out:
         from .metrics import write_json
 
-        write_json(json_out, {"checkpoint": str(checkpoint_path), "split": split, **res,
-                              "per_class_acc": dict(zip(classes, per_class)), "classes": classes})
+        try:
+            write_json(json_out, {"checkpoint": str(checkpoint_path), "split": split, **res,
+                                  "per_class_acc": dict(zip(classes, per_class)), "classes": classes})
+        except WriteError as exc:
+            fail(f"--json: {exc}")
 
 
 def _evaluate(checkpoint_path: Path, data: Path, split: str, loader: str, batch_size: int,
@@ -252,17 +327,20 @@ def _evaluate(checkpoint_path: Path, data: Path, split: str, loader: str, batch_
     from alexpipe.pipeline import load_split, make_loader, verify_dataset
 
     from . import checkpoint
-    from .hardware import resolve_amp, resolve_device
+    from .hardware import amp_note, resolve_amp, resolve_device
     from .inputs import feed
     from .loop import evaluate
 
     ckpt = checkpoint.load(checkpoint_path)
     try:
         r = Recipe.from_dict(ckpt["recipe"])
+        check_model(r.model)
     except ValueError as exc:
         raise ValueError(f"{checkpoint_path}: {exc}") from None
     dev = resolve_device(device)
     amp_dtype = resolve_amp(amp, dev)
+    if amp_note(amp_dtype, dev):
+        note(amp_note(amp_dtype, dev))
     verify_dataset(data, [split])  # labels in range, content as recorded: before a number is reported
     meta = load_split(data, split).meta
     classes = list(ckpt["classes"])

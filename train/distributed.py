@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -83,3 +85,31 @@ def max_int(value: int, world: World, device: torch.device) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
+
+
+# How a collective says that another process of the job is gone: gloo's and NCCL's errors are plain
+# RuntimeErrors (or torch's DistError), whose text names the transport.
+_PEER_LOST = re.compile(r"gloo|nccl|Connection (closed|reset)|Broken pipe|timed? ?out|ProcessGroup|c10d", re.I)
+
+
+def lost_peer(exc: BaseException, timeout_s: float) -> Optional[str]:
+    """One line for a collective that failed because another process of this torchrun job died, stopped or
+    hung (None for any other error): the surviving ranks say that, not a 55-line traceback of gloo's.
+
+    Decided by the job (WORLD_SIZE above 1) and the error's type or text: by the time the error reaches the
+    command line, the process group has been shut down.
+    """
+    if world_from_env().world_size <= 1:
+        return None
+    text = str(exc)
+    if not (isinstance(exc, getattr(dist, "DistError", ())) or _PEER_LOST.search(text)):
+        return None
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    first = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", first)  # the C++ source location
+    detail = re.split(r"(?<=[a-z0-9)\]])\. ", first, maxsplit=1)[0].rstrip(".")
+    rank = os.environ.get("RANK", "?")
+    if re.search(r"timed? ?out", text, re.I):
+        return (f"rank {rank}: waited --dist-timeout {timeout_s:g} s for the other processes of this job, in vain "
+                f"({detail}): one of them stopped or hung; this one stops too")
+    return (f"rank {rank}: another process of this job has gone ({detail}); this one stops too (the other's "
+            "output says why)")

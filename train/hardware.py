@@ -73,3 +73,18 @@ def compile_seconds() -> float:
         return float(dynamo.calculate_time_spent().get("total_wall_time", 0.0))
     except Exception:  # noqa: BLE001 - a private counter of torch's: its absence costs a figure, not the run
         return 0.0
+
+
+def amp_note(amp_dtype: "Optional[torch.dtype]", device: "torch.device") -> Optional[str]:
+    """A line to print before a run that will be slow for a reason the user may not know, or None.
+
+    fp16 autocast on a CPU runs, but its convolutions are many times slower
+    than bf16 or float32 there (measured: about 40x for this network's step on
+    the development CPU), so a run asked for it would look hung.
+    """
+    import torch
+
+    if device.type == "cpu" and amp_dtype == torch.float16:
+        return ("--amp fp16 on a CPU is many times slower than --amp bf16 or off (about 40x measured for this "
+                "network): CPUs are not fast at float16")
+    return None

@@ -8,12 +8,13 @@ host (once per progress line, once per evaluation).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
+
+from alexpipe.atomic import write_text
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
@@ -66,21 +67,14 @@ class EvalMeter:
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    """Rewrite the whole file atomically (it is small): never a half-written line."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
+    """Rewrite the whole file atomically (it is small): never a half-written line. A failure of the disk is
+    `alexpipe.atomic.WriteError`, one line naming `path`."""
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def write_json(path: Path, obj: Any) -> None:
     """One JSON document, written atomically (temporary sibling, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+
+from alexpipe.atomic import write_atomic
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -33,10 +34,9 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> N
 
 
 def save_figure(fig, path: Path) -> None:
-    """Lay out, save as PNG to a temporary sibling, rename over `path`, close: never a half-written image."""
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    """Lay out, save as PNG through `alexpipe.atomic` (never a half-written image), close the figure."""
+    try:
+        fig.tight_layout()
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)

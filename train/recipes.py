@@ -7,6 +7,7 @@ Every field can be overridden from the command line (`alexpipe train --help`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -86,6 +87,10 @@ def _typed(name: str, value: Any, default: Any) -> Any:
 
 
 SCHEDULES = ("step", "plateau", "onecycle")
+# The networks a run trains: those made for CIFAR-10's 32x32 images. model/ also keeps the 2012 ImageNet
+# AlexNet for completeness, but its strided 11x11 convolution and three poolings shrink a 32x32 image to
+# nothing before its last pooling (it needs 224x224 inputs), so it is not offered here.
+MODELS = ("alexnet_cifar",)
 INPUTS = ("normalised", "pixels")  # what the network is fed: train/inputs.py
 
 RECIPES: dict[str, Recipe] = {
@@ -111,15 +116,31 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
+def check_model(name: str) -> None:
+    """ValueError, one line naming --model, for a network this data cannot feed."""
+    from alexpipe.model import MODEL_NAMES
+
+    if name in MODEL_NAMES and name not in MODELS:
+        raise ValueError(f"--model {name} is the 2012 ImageNet network: it needs 224x224 inputs and CIFAR-10's "
+                         f"images are 32x32 (use --model {MODELS[0]}, its CIFAR-10 adaptation)")
+    if name not in MODELS:
+        raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {name!r}")
+
+
 def validate(r: Recipe) -> None:
     """Raise ValueError with one clear sentence, naming the option, for an unusable recipe."""
-    from alexpipe.model import INIT_SCHEMES, MODEL_NAMES
+    from alexpipe.model import INIT_SCHEMES
     from alexpipe.pipeline.augment import PCA_VARIANTS
     from alexpipe.pipeline.loaders import BACKENDS
 
     def one_of(flag: str, value: str, choices) -> tuple[bool, str]:
         return value in choices, f"--{flag} must be one of {', '.join(choices)}, got {value!r}"
 
+    for f in dataclasses.fields(r):  # nan passes every comparison below as False, inf most as True
+        value = getattr(r, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+    check_model(r.model)
     checks = [
         (r.epochs >= 1, f"--epochs must be at least 1, got {r.epochs}"),
         (r.batch_size >= 1, f"--batch-size must be positive, got {r.batch_size}"),
@@ -128,7 +149,6 @@ def validate(r: Recipe) -> None:
         (r.weight_decay >= 0, f"--weight-decay must not be negative, got {r.weight_decay}"),
         one_of("schedule", r.schedule, SCHEDULES), one_of("init", r.init, INIT_SCHEMES),
         one_of("inputs", r.inputs, INPUTS), one_of("pca", r.pca, PCA_VARIANTS), one_of("loader", r.loader, BACKENDS),
-        one_of("model", r.model, MODEL_NAMES),
         (all(e >= 1 for e in r.step_epochs), f"--step-epochs must be epoch numbers from 1, got {r.step_epochs}"),
         (r.gamma > 0, f"--gamma must be positive, got {r.gamma}"),
         (r.patience >= 0, f"--patience must not be negative, got {r.patience}"),
@@ -138,10 +158,11 @@ def validate(r: Recipe) -> None:
         (0 <= r.dropout < 1, f"--dropout must lie in [0, 1), got {r.dropout}"),
         (r.pca_sigma >= 0, f"--pca-sigma must not be negative, got {r.pca_sigma}"),
         (r.seed >= 0, f"--seed must be a non-negative integer, got {r.seed}"),
+        (r.seed < 2 ** 32, f"--seed must be below 2**32 = {2 ** 32:,} (numpy's seeds are 32-bit), got {r.seed}"),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
 
 
-__all__ = ["INPUTS", "RECIPES", "Recipe", "SCHEDULES", "get_recipe", "validate"]
+__all__ = ["INPUTS", "MODELS", "RECIPES", "Recipe", "SCHEDULES", "check_model", "get_recipe", "validate"]

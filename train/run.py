@@ -28,12 +28,12 @@ from alexpipe.pipeline import DataError, load_split, make_loader, verify_dataset
 from alexpipe.pipeline.integrity import read_manifest
 from alexpipe.pipeline.sampling import ShortClass, balanced_choice
 from alexpipe.provenance import git_commit
-from alexpipe.terminal import console, literal
+from alexpipe.terminal import console, literal, note
 
 from . import checkpoint, distributed
 from .bookkeeping import Snapshot, WriteFailed, Writer, remove_temporaries
 from .errors import RunInterrupted, TrainingError
-from .hardware import COMPILE_MODES, compile_seconds, resolve_amp, resolve_device, use_compile_cache
+from .hardware import COMPILE_MODES, amp_note, compile_seconds, resolve_amp, resolve_device, use_compile_cache
 from .inputs import feed
 from .interrupt import GracefulInterrupt, Interrupted, StopNow
 from .loop import EpochContext, evaluate, train_epoch
@@ -146,9 +146,11 @@ def start(opt: RunOptions) -> Run:
         amp_dtype = resolve_amp(opt.amp, device)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
+    if world.is_main and amp_note(amp_dtype, device):
+        note(amp_note(amp_dtype, device))
     if opt.recipe.batch_size % world.world_size:
-        raise TrainingError(f"batch size {opt.recipe.batch_size} does not divide among {world.world_size} "
-                            "processes")
+        raise TrainingError(f"--batch-size {opt.recipe.batch_size} does not divide among {world.world_size} "
+                            "processes (the global batch is split evenly)")
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # training batches have one static shape (drop_last)
@@ -311,7 +313,7 @@ def resume(run: Run) -> None:
     if it had been this recipe's from the start (the cuts a plateau schedule
     has made carry over).
     """
-    ckpt = checkpoint.load(run.out / "last.pt")
+    ckpt = checkpoint.load(run.out / "last.pt", require=checkpoint.RESUME)
     changes = _check_resumable(ckpt, run)
     step, r = run.step, run.recipe
     run.model.load_state_dict(ckpt["model"])
