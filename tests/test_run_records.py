@@ -210,3 +210,60 @@ def test_a_val_split_that_appears_or_vanishes_is_refused_before_anything_is_writ
         with pytest.raises(TrainingError, match="trained without a val split"):
             _fit(small_data, out, recipe_changes={"epochs": 2}, resume=True, force=force)
     assert (out / "config.json").read_bytes() == config and checkpoint.load(out / "last.pt")["epoch"] == 1
+
+
+def _flip_a_bit(path: Path, tensor_name: str) -> None:
+    """Flip the top exponent bit of the first element of one stored tensor, in place (a bad sector, a cosmic
+    ray): torch.save keeps each tensor's bytes in its own member of the zip, which we patch byte for byte."""
+    import zipfile
+
+    ckpt = torch.load(path, weights_only=True)
+    target = ckpt["model"][tensor_name].contiguous().view(torch.uint8).numpy().tobytes()[:4]
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            if "/data/" in info.filename and z.read(info.filename)[:4] == target:
+                off = info.header_offset  # the local header's own name and extra-field lengths
+                start = off + 30 + int.from_bytes(raw[off + 26:off + 28], "little") \
+                    + int.from_bytes(raw[off + 28:off + 30], "little")
+                assert raw[start:start + 4] == target
+                raw[start + 3] ^= 0x40  # little-endian float32: the exponent's top bit
+                break
+        else:
+            raise AssertionError("tensor not found in the archive")
+    path.write_bytes(bytes(raw))
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_one_line_for_resume_and_evaluate(small_data, tmp_path):
+    out = tmp_path / "run"
+    _fit(small_data, out, recipe_changes={"epochs": 1})
+    _flip_a_bit(out / "last.pt", "fc1.weight")
+    with pytest.raises(ValueError, match="damaged: its content does not match the digest"):
+        checkpoint.load(out / "last.pt")
+    with pytest.raises(ValueError, match="damaged"):
+        _fit(small_data, out, recipe_changes={"epochs": 2}, resume=True)
+    from typer.testing import CliRunner
+
+    from alexpipe.cli import app
+
+    res = CliRunner().invoke(app, ["evaluate", str(out / "last.pt"), "--data", str(small_data)])
+    assert res.exit_code == 1 and "damaged" in res.output and "Traceback" not in res.output
+
+
+def test_evaluate_says_when_the_data_is_not_the_runs_own(small_data, tmp_path):
+    """Another conversion of the same source with another val seed: its val images are partly the run's training
+    images. The figure is still reported, with one line saying so."""
+    from typer.testing import CliRunner
+
+    from alexpipe.cli import app
+
+    out = tmp_path / "run"
+    _fit(small_data, out, recipe_changes={"epochs": 1})
+    other = tmp_path / "other"
+    src = make_source(tmp_path, synthetic_batches(), "python", "archive")
+    convert(src, other, val_size=50, seed=7, allow_partial=True, betons=False)
+    warned = CliRunner().invoke(app, ["evaluate", str(out / "last.pt"), "--data", str(other), "--split", "val"])
+    assert warned.exit_code == 0 and "top-1" in warned.output
+    assert "was trained on another conversion" in " ".join(warned.output.split())
+    own = CliRunner().invoke(app, ["evaluate", str(out / "last.pt"), "--data", str(small_data), "--split", "val"])
+    assert own.exit_code == 0 and "note:" not in own.output

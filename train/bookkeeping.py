@@ -161,6 +161,10 @@ class Writer:
             self._jobs.put(None)
             self._thread = None
 
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
     def _raise(self) -> None:
         if self._error is not None:
             raise WriteFailed(self._error)

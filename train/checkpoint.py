@@ -9,6 +9,7 @@ previous checkpoint intact and no temporary file behind.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import warnings
@@ -21,7 +22,7 @@ import torch
 from alexpipe.atomic import write_atomic
 
 FORMAT = "alexpipe-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: a sha256 of the whole content, checked on load (version 1 had none, and still loads)
 
 
 def rng_state() -> dict[str, Any]:
@@ -111,7 +112,37 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     Thread-safe (every call has its own temporary name); a failure of the disk
     is `alexpipe.atomic.WriteError`, one line naming `path`.
     """
-    write_atomic(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **obj}, f))
+    content = {"format": FORMAT, "version": VERSION, **obj}
+    content["sha256"] = digest(content)
+    write_atomic(path, lambda f: torch.save(content, f))
+
+
+def digest(obj: Any) -> str:
+    """sha256 of a checkpoint's content: every tensor's bytes, dtype and shape, and every plain value, with the
+    names that lead to them, in order. A flipped bit anywhere (an exponent that turns a weight into 1e31)
+    changes it; `load` recomputes it."""
+    h = hashlib.sha256()
+
+    def walk(value: Any) -> None:
+        if torch.is_tensor(value):
+            t = value.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(value.shape)}:".encode())
+            if t.numel():
+                h.update(memoryview(t.view(torch.uint8).numpy()))
+        elif isinstance(value, dict):
+            h.update(f"D{len(value)}:".encode())
+            for k, v in value.items():
+                h.update(f"{k!r}=".encode())
+                walk(v)
+        elif isinstance(value, (list, tuple)):
+            h.update(f"L{len(value)}:".encode())
+            for v in value:
+                walk(v)
+        else:
+            h.update(f"V{value!r};".encode())
+
+    walk({k: v for k, v in obj.items() if k != "sha256"})
+    return h.hexdigest()
 
 
 # What each use of a checkpoint reads, and the type each part must have: a checkpoint may have been edited by
@@ -144,8 +175,11 @@ def load(path: Path, map_location: str | torch.device = "cpu",
         raise ValueError(f"{path}: not a readable alexpipe checkpoint ({_why_unreadable(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: not an alexpipe checkpoint")
-    if ckpt.get("version") != VERSION:
+    if ckpt.get("version") not in (1, VERSION):
         raise ValueError(f"{path}: checkpoint version {ckpt.get('version')} is not {VERSION}")
+    if ckpt["version"] >= 2 and ckpt.get("sha256") != digest(ckpt):
+        raise ValueError(f"{path}: damaged: its content does not match the digest it was saved with (a changed "
+                         "or corrupted file); use an earlier checkpoint")
     missing = [k for k in require if k not in ckpt]
     if missing:
         raise ValueError(f"{path}: not a complete alexpipe checkpoint (no {', '.join(missing)})")

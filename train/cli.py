@@ -343,6 +343,9 @@ def _evaluate(checkpoint_path: Path, data: Path, split: str, loader: str, batch_
         note(amp_note(amp_dtype, dev))
     verify_dataset(data, [split])  # labels in range, content as recorded: before a number is reported
     meta = load_split(data, split).meta
+    other = _other_data(ckpt, data, split, meta.content_sha256)
+    if other:
+        note(f"{checkpoint_path} {other}")
     classes = list(ckpt["classes"])
     if classes != list(meta.classes):
         raise ValueError(f"{checkpoint_path} was trained on the classes {classes}, {data} holds {list(meta.classes)}")
@@ -357,6 +360,26 @@ def _evaluate(checkpoint_path: Path, data: Path, split: str, loader: str, batch_
                      dtype=amp_dtype or torch.float32, channels_last=dev.type == "cuda")
     return evaluate(net, ld, amp_dtype, r.tta_flip if tta_flip is None else tta_flip, len(classes)), classes, \
         ckpt["epoch"]
+
+
+def _other_data(ckpt: dict, data: Path, split: str, digest: str) -> Optional[str]:
+    """Why the figure about to be reported may not mean what it seems (None: the checkpoint's own data).
+
+    Another conversion of CIFAR-10 draws another val split out of the train
+    set, so its val (or test) images may be ones this run trained on; and a
+    split other than the one the run validated on is not its validation
+    figure. The checkpoint records the content digests of the run's data.
+    """
+    from alexpipe.pipeline import load_split
+
+    recorded = ckpt.get("data") or {}
+    train = recorded.get("train")
+    if train and split != "train" and load_split(data, "train").meta.content_sha256 != train:
+        return (f"was trained on another conversion than {data} (its train split differs): its {split} images "
+                "may include ones the run trained on")
+    if recorded.get(split) and recorded[split] != digest:
+        return f"was not trained with this {split} split: {data}'s differs from the run's"
+    return None
 
 
 def _check_writable(path: Path) -> None:

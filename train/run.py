@@ -534,6 +534,7 @@ class Books:
         if self.closed or not self.run.world.is_main:
             return self.written
         self.closed = True
+        failed_before = self.writer.failed  # a failure the run is already stopping for
         try:
             if abandon:
                 raise KeyboardInterrupt
@@ -548,10 +549,11 @@ class Books:
         except KeyboardInterrupt:
             remove_temporaries(self.run.out, RUN_FILES)
             self.written = self._on_disk()
-        except WriteFailed as exc:
+        except (WriteFailed, TrainingError) as exc:
             if not interrupted:
                 raise TrainingError(str(exc)) from None
-            err.print(f"note: {literal(exc)}")
+            if not failed_before:  # the run stops for another reason: say this too
+                err.print(f"note: {literal(exc)}")
         finally:
             self.writer.close()
         return self.written
