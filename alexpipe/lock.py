@@ -35,7 +35,7 @@ def _holder(fd: int) -> Optional[int]:
 
 def _lock_once(path: Path) -> Optional[int]:
     """The locked file's descriptor; None if the file was replaced or removed before the lock was taken."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)  # the umask decides, as for every file alexpipe makes
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

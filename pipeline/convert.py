@@ -20,7 +20,6 @@ import contextlib
 import ctypes
 import datetime as _dt
 import errno
-import fcntl
 import json
 import os
 import re
@@ -35,6 +34,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from alexpipe.atomic import WriteError, os_error_in, reason
+from alexpipe.lock import LockHeld, exclusive
 from alexpipe.paths import GROWS, too_long
 
 from .beton import FFCV_HINT, beton_path, ffcv_installed, write_beton
@@ -247,54 +247,23 @@ def _conversion_files(folder: Path) -> set[str] | None:
 
 @contextlib.contextmanager
 def _exclusive(target: Path, out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `.<name>.lock` beside `out` for the whole conversion.
-
-    The lock file is removed when the conversion ends (no litter beside
-    `out`); so after locking, the file must still be the one at that path —
-    else a finishing conversion removed it meanwhile, and we lock afresh.
-    """
+    """Hold an exclusive lock on `.<name>.lock` beside `out` for the whole conversion (alexpipe/lock.py): the
+    folder itself appears only at the end, by a rename."""
     lock = target.parent / f".{target.name}.lock"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create {exc.filename or target.parent} ({exc.strerror or exc})") from None
-    for _ in range(100):
-        fd = _lock_once(lock, target, out)
-        if fd is not None:
-            break
-    else:
-        raise DataError(f"cannot lock {lock}: it keeps being replaced")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            lock.unlink()
-        os.close(fd)
-
-
-def _lock_once(lock: Path, target: Path, out: Path) -> int | None:
-    """Open and lock `lock`; None if the file was replaced before the lock was taken."""
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
-    except OSError as exc:
-        raise DataError(f"cannot write in {target.parent} ({exc.strerror or exc}); choose another --out") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        held = os.fstat(fd)
+    with contextlib.ExitStack() as held:
         try:
-            now = os.stat(lock, follow_symlinks=False)
-        except FileNotFoundError:
-            now = None
-    except BlockingIOError:
-        os.close(fd)
-        raise DataError(f"another conversion is writing to {out} (it holds {lock}); wait for it to finish") from None
-    except BaseException:
-        os.close(fd)
-        raise
-    if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
-        os.close(fd)
-        return None
-    return fd
+            held.enter_context(exclusive(lock))
+        except LockHeld as other:
+            raise DataError(f"another conversion (process {other.pid or 'unknown'}) is writing to {out} (it holds "
+                            f"{lock}); wait for it to finish") from None
+        except OSError as exc:
+            raise DataError(f"cannot write in {target.parent} ({exc.strerror or exc}); choose another --out") \
+                from None
+        yield
 
 
 def _temp_prefix(target: Path) -> str:

@@ -387,7 +387,7 @@ def test_a_second_conversion_into_the_same_out_is_refused(tmp_path, src):
     try:
         wait_for(tmp_path / "ready", first)
         second = run("convert", "--source", src, "--out", out, "--allow-partial", "--val-size", "50", "--no-beton")
-        one_error(second, f"another conversion is writing to {out}")
+        one_error(second, f"another conversion (process {first.pid}) is writing to {out}")
     finally:
         (tmp_path / "go").touch()
         _, err = first.communicate(timeout=300)
@@ -401,7 +401,7 @@ def test_a_held_lock_refuses_at_once_and_leaves_out_alone(tmp_path, src):
     with open(tmp_path / ".out.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         one_error(run("convert", "--source", src, "--out", out, "--force", "--allow-partial", "--val-size", "50",
-                      "--no-beton"), "another conversion is writing")
+                      "--no-beton"), "another conversion (process ")
     assert snapshot(out) == before
 
 
