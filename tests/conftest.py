@@ -88,6 +88,20 @@ def assert_matches_reference(x, split, positions, params, variant: str, atol: fl
     np.testing.assert_allclose(x.float().cpu().numpy(), ref, rtol=rtol, atol=atol)
 
 
+def one_error(res, *fragments: str, code: int = 1) -> str:
+    """A CLI result (typer's CliRunner) that failed with status `code` and exactly one `error:` line holding every
+    fragment, with no traceback: what every refused input must look like."""
+    out = res.output
+    assert res.exit_code == code, out
+    assert "Traceback" not in out, out
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, out
+    for fragment in fragments:
+        assert fragment in errors[0], out
+    return errors[0]
+
+
 def batches_with_positions(loader, limit: int | None = None) -> list[tuple]:
     """(images, labels, split positions) of the loader's current epoch, on the CPU; positions from its order."""
     b = loader.cfg.batch_size

@@ -18,26 +18,13 @@ from typer.testing import CliRunner
 from alexpipe.atomic import WriteError, write_atomic, write_text
 from alexpipe.cli import app
 
-from conftest import CLASSES, make_source, synthetic_batches
+from conftest import CLASSES, make_source, one_error, synthetic_batches
 
 QUICK = ["--epochs", "1", "--batch-size", "64", "--lr", "0.05", "--log-every", "1"]
 
 
 def run(*args: object):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_error(res, *fragments: str, code: int = 1) -> str:
-    """The command failed with status `code` and one `error:` line holding every fragment, no traceback."""
-    out = res.output
-    assert res.exit_code == code, out
-    assert "Traceback" not in out, out
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1, out
-    for fragment in fragments:
-        assert fragment in errors[0], out
-    return errors[0]
 
 
 def hidden(folder: Path) -> list[str]:

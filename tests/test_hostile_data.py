@@ -35,7 +35,7 @@ from alexpipe.pipeline.integrity import verify_dataset
 from alexpipe.pipeline.sources import MAX_BATCH_BYTES
 from alexpipe.terminal import literal
 
-from conftest import CLASSES, ROOT, make_source, source_files, write_archive
+from conftest import CLASSES, ROOT, make_source, one_error, source_files, write_archive
 
 runner = CliRunner()
 SPLITS = ("train", "val", "test")
@@ -43,18 +43,6 @@ SPLITS = ("train", "val", "test")
 
 def run(*args: object):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def one_error(res, fragment: str, code: int = 1) -> str:
-    """The run failed with status `code`, one `error:` line containing `fragment`, no traceback."""
-    out = res.output
-    assert res.exit_code == code, out
-    assert "Traceback" not in out, out
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1, out
-    assert fragment in errors[0], out
-    return errors[0]
 
 
 def snapshot(folder: Path) -> dict[str, str]:

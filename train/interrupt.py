@@ -25,17 +25,16 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-class StopNow:
-    """While active (the main thread only), SIGINT and SIGTERM raise Interrupted at once: for the work before
-    the first step and after the last (verifying data, building, testing), where there is nothing to finish."""
+class _SignalScope:
+    """While active (the main thread only), SIGINT and SIGTERM go to `_handle`; the previous handlers after."""
 
     def __init__(self) -> None:
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
-        raise Interrupted(signum)
+        raise NotImplementedError
 
-    def __enter__(self) -> "StopNow":
+    def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
         return self
@@ -46,27 +45,25 @@ class StopNow:
         self._previous = {}
 
 
-class GracefulInterrupt:
-    """While active (the main thread only), SIGINT and SIGTERM set `requested` (the signal's number)."""
+class StopNow(_SignalScope):
+    """SIGINT and SIGTERM raise Interrupted at once: for the work before the first step and after the last
+    (verifying data, building, testing), where there is nothing to finish."""
+
+    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        raise Interrupted(signum)
+
+
+class GracefulInterrupt(_SignalScope):
+    """SIGINT and SIGTERM set `requested` (the signal's number); the loop stops at the next step boundary."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.requested: Optional[int] = None
-        self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
         if self.requested is not None:
             raise KeyboardInterrupt  # the second signal: stop now
         self.requested = signum
-
-    def __enter__(self) -> "GracefulInterrupt":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
 
     def check(self) -> None:
         if self.requested is not None:
