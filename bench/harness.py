@@ -1,25 +1,38 @@
 """Run configurations side by side and turn timings into medians and ratios.
 
-Every configuration lives in its own worker process (bench/worker.py), warmed
-up before any timing. Timing is round-robin: in each round every configuration
-times one window, the baseline first, so a ratio is always taken between two
-windows measured seconds apart. The machine is noisy; the median over rounds
-of those per-round ratios is what gets reported.
+Every configuration lives in its own worker process (bench/worker.py). All
+the workers start together and build their configuration (open and check the
+data, build the loader and the step) before any of them is warmed up or
+timed, so a configuration that cannot run is known in seconds, not after
+minutes of other configurations' warm-ups. Then each warms up in turn, and
+timing is round-robin: in each round every configuration times one window,
+the baseline first, so a ratio is always taken between two windows measured
+seconds apart. The machine is noisy; the median over rounds of those
+per-round ratios is what gets reported.
+
+Each worker leads its own process group, which holds the processes its
+loader starts (torchvision's DataLoader workers, compilers): however the
+benchmark ends, finished, failed or interrupted, every group is ended before
+`run` returns, and a worker whose parent dies outright dies with it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
+GRACE_SECONDS = 1.0  # after SIGTERM, how long a stopped worker may take before its group is killed
+QUIT_SECONDS = 30.0  # how long a finished worker may take to exit after "quit" (its loader shuts down)
 
 
 @dataclass(frozen=True)
@@ -50,91 +63,185 @@ class Outcome:
     config: Config
     status: str = "ok"  # ok | unavailable
     reason: Optional[str] = None
+    built: bool = False  # the worker built the configuration (False with status unavailable: it could not)
     warmup_seconds: float = 0.0
     samples: list[dict[str, float]] = field(default_factory=list)
     ops_per_step: Optional[float] = None  # overhead only
 
+    def fail(self, reason: str) -> None:
+        self.status, self.reason = "unavailable", reason
+
 
 class Worker:
-    """A configuration's process: ready after warm-up, then one timed window per `measure`."""
+    """A configuration's process: built at start, ready after `warm_up`, then one timed window per `measure`."""
 
     def __init__(self, cfg: Config, warmup_seconds: float, log_dir: Path):
         self.cfg = cfg
-        self.log = open(log_dir / (cfg.id.replace("/", "_") + ".log"), "w+")
-        payload = {**asdict(cfg), "warmup_seconds": warmup_seconds,
+        self.log = open(log_dir / (cfg.id.replace("/", "_") + f"-{id(self):x}.log"), "w+")
+        payload = {**asdict(cfg), "warmup_seconds": warmup_seconds, "parent": os.getpid(),
+                   # the folder the user named, whatever the worker's working directory
+                   "data": os.path.abspath(cfg.data) if cfg.data else "",
                    # loaders that compile (numba, plugin, pipelines) get their whole first epoch as warm-up
                    "warmup_images": 40_000 if cfg.backend in ("ffcv", "dali") else 0}
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        scratch = log_dir / "tmp"  # the worker's (and its loader processes') temporary files: removed with log_dir
+        scratch.mkdir(exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               "TMPDIR": str(scratch)}
+        # start_new_session: the worker leads a process group of its own, which `stop` ends whole
         self.proc = subprocess.Popen([sys.executable, "-m", "alexpipe.bench.worker", json.dumps(payload)], cwd=ROOT,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     env=env)
+                                     env=env, start_new_session=True)
 
     def _read(self) -> dict[str, Any]:
         line = self.proc.stdout.readline()
         if not line:
-            self.proc.wait()
+            self.wait_exit(QUIT_SECONDS)
             self.log.seek(0)
             tail = [ln for ln in self.log.read().splitlines() if ln.strip()][-1:] or ["no output"]
-            return {"event": "unavailable", "reason": f"worker exited with status {self.proc.returncode}: {tail[0]}"}
+            return {"event": "unavailable", "reason": f"worker exited with status {self._status()}: {tail[0]}"}
         return json.loads(line)
 
-    def ready(self) -> dict[str, Any]:
+    def _send(self, msg: dict[str, Any]) -> None:
+        try:
+            self.proc.stdin.write(json.dumps(msg) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+
+    def built(self) -> dict[str, Any]:
+        return self._read()
+
+    def warm_up(self) -> dict[str, Any]:
+        self._send({"cmd": "warmup"})
         return self._read()
 
     def measure(self, duration: float, settle: int) -> dict[str, Any]:
-        try:
-            self.proc.stdin.write(json.dumps({"cmd": "measure", "duration": duration, "settle": settle}) + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            pass
+        self._send({"cmd": "measure", "duration": duration, "settle": settle})
         return self._read()
 
-    def close(self) -> None:
+    def _status(self) -> Optional[int]:
+        """The worker's exit status (negative: the signal that ended it), None while it runs; read without
+        reaping it, so that its pid, and with it its process group's id, stays the worker's until `finish`."""
+        if self.proc.returncode is not None:
+            return self.proc.returncode
         try:
-            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-            self.proc.stdin.close()
-            self.proc.wait(timeout=60)
-        except (BrokenPipeError, subprocess.TimeoutExpired, OSError):
-            self.proc.kill()
+            res = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return -1
+        if res is None:
+            return None
+        return res.si_status if res.si_code == os.CLD_EXITED else -res.si_status
+
+    def wait_exit(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while self._status() is None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def signal_group(self, signum: int) -> None:
+        """Send `signum` to the worker's process group (the worker and whatever it started)."""
+        if self.proc.returncode is None:  # not reaped: the group id is still the worker's
+            try:
+                os.killpg(self.proc.pid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def finish(self) -> None:
+        """End the group (whatever is left of it), reap the worker, close its log."""
+        self.signal_group(signal.SIGKILL)
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except (BrokenPipeError, OSError):
+                pass
         self.log.close()
+
+    def quit(self) -> None:
+        """Ask a worker to finish on its own (its loader shuts down cleanly)."""
+        self._send({"cmd": "quit"})
+        try:
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+
+
+def stop_all(workers: list[Worker], graceful: bool) -> None:
+    """End every worker's process group. Graceful: each worker is asked to quit and given time to; otherwise
+    (an interrupt, a failure) SIGTERM to every group at once, then SIGKILL to what is left after GRACE_SECONDS."""
+    if graceful:
+        for w in workers:
+            w.quit()
+        deadline = time.monotonic() + QUIT_SECONDS
+        for w in workers:
+            w.wait_exit(max(0.0, deadline - time.monotonic()))
+    else:
+        for w in workers:
+            w.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_SECONDS
+        for w in workers:
+            w.wait_exit(max(0.0, deadline - time.monotonic()))
+    for w in workers:
+        w.finish()
 
 
 def run(configs: list[Config], repeats: int = 5, duration: float = 4.0, settle: int = 10,
-        warmup_seconds: float = 3.0, on_event: Callable[[str], None] = lambda msg: None) -> list[Outcome]:
-    """Warm every configuration up in its own process, then time `repeats` round-robin rounds."""
+        warmup_seconds: float = 3.0, on_event: Callable[[str], None] = lambda msg: None,
+        on_built: Callable[[list[Outcome]], None] = lambda outcomes: None) -> list[Outcome]:
+    """Build every configuration in its own process (all at once), then warm each up and time `repeats`
+    round-robin rounds.
+
+    `on_built` sees the outcomes once every worker has built (or failed to
+    build) its configuration, before anything is warmed up or timed: raising
+    there stops the benchmark, and every worker with it. Whatever ends `run`,
+    an exception or a signal's included, no worker process outlives it.
+    """
     outcomes = [Outcome(c) for c in configs]
+    workers: list[Worker] = []
     with tempfile.TemporaryDirectory(prefix="alexpipe-bench-") as logs:
-        workers: list[Optional[Worker]] = []
-        for out in outcomes:
-            on_event(f"warming up {out.config.id}")
-            w = Worker(out.config, warmup_seconds, Path(logs))
-            msg = w.ready()
-            if msg["event"] != "ready":
-                out.status, out.reason = "unavailable", msg.get("reason", "unknown")
-                on_event(f"{out.config.id} unavailable: {out.reason}")
-                w.close()
-                workers.append(None)
-                continue
-            out.warmup_seconds = msg["warmup_seconds"]
-            out.ops_per_step = msg.get("ops_per_step")
-            workers.append(w)
         try:
+            on_event(f"starting {len(configs)} configuration(s)")
+            for c in configs:
+                workers.append(Worker(c, warmup_seconds, Path(logs)))
+            live: list[Optional[Worker]] = []
+            for out, w in zip(outcomes, workers):
+                on_event(f"building {out.config.id}")
+                msg = w.built()
+                out.built = msg["event"] == "built"
+                if not out.built:
+                    out.fail(msg.get("reason", "unknown"))
+                live.append(w if out.built else None)
+            on_built(outcomes)
+            for i, (out, w) in enumerate(zip(outcomes, live)):
+                if w is None:
+                    continue
+                on_event(f"warming up {out.config.id}")
+                msg = w.warm_up()
+                if msg["event"] != "ready":
+                    out.fail(msg.get("reason", "unknown"))
+                    on_event(f"{out.config.id} unavailable: {out.reason}")
+                    live[i] = None
+                    continue
+                out.warmup_seconds = msg["warmup_seconds"]
+                out.ops_per_step = msg.get("ops_per_step")
             for rnd in range(repeats):
-                for out, w in zip(outcomes, workers):
+                for out, w in zip(outcomes, live):
                     if w is None or out.status != "ok":
                         continue
                     on_event(f"round {rnd + 1}/{repeats}: {out.config.id}")
                     msg = w.measure(duration, settle)
                     if msg["event"] != "sample":
-                        out.status, out.reason = "unavailable", msg.get("reason", "unknown")
+                        out.fail(msg.get("reason", "unknown"))
                         continue
                     out.samples.append({"round": rnd, "images": msg["images"], "seconds": msg["seconds"],
                                         "images_per_s": msg["images"] / msg["seconds"],
                                         "wait_fraction": msg["wait_seconds"] / msg["seconds"]})
-        finally:
-            for w in workers:
-                if w is not None:
-                    w.close()
+        except BaseException:
+            stop_all(workers, graceful=False)
+            raise
+        stop_all(workers, graceful=True)
     return outcomes
 
 

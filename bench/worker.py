@@ -1,10 +1,11 @@
 """One benchmark configuration in its own process.
 
 The harness starts `python -m alexpipe.bench.worker CONFIG_JSON`; the worker builds the
-configuration, warms it up (JIT, plugin build, first epoch of compiling
-loaders), answers "ready", then times one window per "measure" request. Its
-stdout is reserved for this protocol (one JSON object per line): anything a
-library prints goes to stderr instead.
+configuration (its data is opened and checked here) and answers "built"; on
+"warmup" it warms up (JIT, plugin build, first epoch of compiling loaders)
+and answers "ready"; then it times
+one window per "measure" request. Its stdout is reserved for this protocol
+(one JSON object per line): anything a library prints goes to stderr instead.
 
 Kinds: "loader" (a backend alone), "train" (loader + full training step:
 train.step's, the step `alexpipe train` runs), "model" (that step on one fixed
@@ -12,12 +13,17 @@ batch: the ceiling no loader can beat), "overhead" (that step with the network
 replaced by a near-zero-cost one: the host's cost per step, and the operations
 it dispatches), and "fake" (a calibrated loader that sleeps, to test the
 harness itself). `compile` compiles the step.
+
+The worker dies with the process that started it (on Linux), and SIGTERM
+ends it through Python's exit path, so a plugin build it was running cleans
+up after itself.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any, Callable, Iterator
@@ -166,37 +172,68 @@ def ops_per_step(run: Callable[[], int], steps: int = 50, settle: int = 50) -> f
     return sum(1 for e in prof.events() if e.name.startswith("aten::")) / steps
 
 
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when the process that started it dies (Linux), even by kill -9, and
+    exit at once if it is already gone."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    _die_with_parent(cfg.get("parent", os.getppid()))
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # library chatter goes to stderr, never into the protocol
-    cfg = json.loads(sys.argv[1])
 
     def say(**msg: Any) -> None:
         proto.write(json.dumps(msg) + "\n")
 
+    def unavailable(exc: Exception) -> None:
+        say(event="unavailable", reason=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+
+    try:  # report, don't crash the whole benchmark
+        work, wait, device = build(cfg)
+    except Exception as exc:
+        unavailable(exc)
+        return
+    say(event="built")
+    line = sys.stdin.readline()
+    if not line or json.loads(line)["cmd"] != "warmup":
+        return
     try:
         t0 = time.perf_counter()
-        step, wait, device = build(cfg)
         # warm-up: JIT / plugin builds happen in the first steps; compiling loaders get a whole epoch
         images, epochs_needed = 0, cfg.get("warmup_images", 0)
         while time.perf_counter() - t0 < cfg.get("warmup_seconds", 2.0) or images < epochs_needed:
-            images += step()
+            images += work()
         _sync(device)
-        ops = ops_per_step(step) if cfg["kind"] == "overhead" else None
+        ops = ops_per_step(work) if cfg["kind"] == "overhead" else None
         say(event="ready", warmup_seconds=time.perf_counter() - t0, ops_per_step=ops)
-    except Exception as exc:  # report, don't crash the whole benchmark
-        say(event="unavailable", reason=f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+    except Exception as exc:
+        unavailable(exc)
         return
     for line in sys.stdin:
         req = json.loads(line)
         if req["cmd"] != "measure":
             break
         for _ in range(req.get("settle", 0)):  # drain what was prefetched while idle
-            step()
+            work()
         _sync(device)
         w0, t0, images = wait(), time.perf_counter(), 0
         while True:
-            images += step()
+            images += work()
             if time.perf_counter() - t0 >= req["duration"]:
                 break
         _sync(device)
