@@ -93,7 +93,13 @@ def _run(o: Options, kinds: list[str], progress: _Progress) -> tuple[dict, list[
     by_config = iter(ran)
     outcomes = [harness.Outcome(c, status="unavailable", reason=gone[c.backend]) if c.backend in gone
                 else next(by_config) for c in configs]
-    doc = report.document(harness.summarise(outcomes), o.settings())
+    flops = None
+    if o.device == "cuda":
+        from .flops import training_flops_per_image
+
+        flops = training_flops_per_image()
+    doc = report.document(harness.summarise(outcomes, flops_per_image=flops), o.settings(),
+                          harness.arithmetic(outcomes, flops))
     late = [f"{out.config.id}: {out.reason}" for out in outcomes
             if out.built and out.status != "ok" and (out.config.backend in required or not out.config.backend)]
     return doc, late
@@ -106,7 +112,7 @@ def _show(doc: dict, out: Optional[Path]) -> None:
     from .output import write_report
 
     terminal = console()
-    for title, header, rows in (("alexpipe bench", report.HEADER, report.rows(doc)),
+    for title, header, rows in (("alexpipe bench", report.header(doc), report.rows(doc)),
                                 ("alexpipe bench: host cost per step", report.OVERHEAD_HEADER,
                                  report.overhead_rows(doc))):
         if not rows:
@@ -128,9 +134,9 @@ What = _choice("What", KINDS)
 def bench_cmd(
     what: What = typer.Argument(..., help="loaders: each backend alone; train: the full training step per backend "
                                           "plus the model-only ceiling; overhead: the host's cost of the training "
-                                          "step (the network replaced by a near-zero-cost one), eager and "
-                                          "compiled, in microseconds and aten operations per step; all: loaders and "
-                                          "train, and the report files."),
+                                          "step (the network replaced by a near-zero-cost one), without and with "
+                                          "torch.compile, in microseconds and aten operations per step; all: "
+                                          "loaders and train, and the report files."),
     data: Path = typer.Option(Path("data/cifar10"), help="Folder written by `alexpipe convert`."),
     backends: Optional[str] = typer.Option(None, show_default=False,
                                            help=f"Comma-separated backends [default: {','.join(BACKENDS)}, skipping "
@@ -149,12 +155,19 @@ def bench_cmd(
                                            "channels_last), side by side in the same rounds; overrides "
                                            "--channels-last."),
     device: _choice("Device", DEVICES) = typer.Option("auto", help="auto: a GPU when there is one."),
+    compile: bool = typer.Option(False, "--compile/--no-compile",
+                                 help="torch.compile the training step of train and the model-only ceiling, as "
+                                      "`alexpipe train --compile` does (overhead always measures both)."),
+    cuda_graphs: Optional[bool] = typer.Option(None, "--cuda-graphs/--no-cuda-graphs", show_default=False,
+                                               help="Capture the training step in one CUDA graph, as `alexpipe "
+                                                    "train` does [default: wherever train would: CUDA with bf16 or "
+                                                    "fp32]."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Training augmentation on or off."),
     pca: _choice("Pca", PCA_VARIANTS) = typer.Option("blog", help="PCA jitter variant with --augment."),
     duration: float = typer.Option(4.0, help="Seconds per timed window."),
     repeats: int = typer.Option(5, help="Timed rounds (every configuration once per round)."),
     warmup: float = typer.Option(3.0, help="Seconds of warm-up per configuration (compiling loaders also get "
-                                           "their whole first epoch)."),
+                                           "their whole first epoch; a captured step, its capture)."),
     settle: int = typer.Option(10, help="Untimed batches before each window (drains prefetch queues)."),
     out: Optional[Path] = typer.Option(None, help="Folder for bench.json, bench.md and bench.png "
                                                   "[default for 'all': bench/results/<hostname>]."),
@@ -166,16 +179,17 @@ def bench_cmd(
     with stop_on_signals():
         try:
             _bench(what.value, data, backends, batch_sizes, workers, dtype.value, channels_last, both_layouts,
-                   device.value, augment, pca.value, duration, repeats, warmup, settle, out, progress)
+                   device.value, compile, cuda_graphs, augment, pca.value, duration, repeats, warmup, settle, out,
+                   progress)
         except Stopped as exc:
             written = "the report may be incomplete" if progress.writing else "no results were written"
             fail(f"interrupted ({exc.name}) {progress.doing}; {written}", code=128 + exc.signum)
 
 
 def _bench(what: str, data: Path, backends: Optional[str], batch_sizes: str, workers: Optional[int], dtype: str,
-           channels_last: Optional[bool], both_layouts: bool, device: str, augment: bool, pca: str,
-           duration: float, repeats: int, warmup: float, settle: int, out: Optional[Path],
-           progress: _Progress) -> None:
+           channels_last: Optional[bool], both_layouts: bool, device: str, compile: bool,
+           cuda_graphs: Optional[bool], augment: bool, pca: str, duration: float, repeats: int, warmup: float,
+           settle: int, out: Optional[Path], progress: _Progress) -> None:
     from .output import check_out
 
     check_numbers(duration, warmup, repeats, settle)
@@ -183,8 +197,8 @@ def _bench(what: str, data: Path, backends: Optional[str], batch_sizes: str, wor
         out = Path("bench/results") / socket.gethostname()
     if out is not None:
         check_out(out)
-    o = Options(what, data, backends, batch_sizes, device, channels_last, both_layouts,
-                workers=resolve_workers(workers), dtype=dtype, augment=augment, pca=pca, duration=duration,
+    o = Options(what, data, backends, batch_sizes, device, channels_last, both_layouts, dtype, cuda_graphs,
+                workers=resolve_workers(workers), augment=augment, pca=pca, compile=compile, duration=duration,
                 repeats=repeats, warmup=warmup, settle=settle)
     check_data(Path(o.data))
     doc, late = _run(o, KINDS[what], progress)

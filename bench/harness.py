@@ -49,7 +49,8 @@ class Config:
     data: str = ""
     rate: float = 0.0  # fake only: images/s
     fail: str = ""  # fake only: fail at setup with this message
-    compile: bool = False  # torch.compile the step (and the resident augmentation)
+    compile: bool = False  # torch.compile the step
+    capture: Optional[bool] = None  # capture the step in a CUDA graph: None = wherever the trainer would
 
     @property
     def id(self) -> str:
@@ -67,6 +68,9 @@ class Outcome:
     warmup_seconds: float = 0.0
     samples: list[dict[str, float]] = field(default_factory=list)
     ops_per_step: Optional[float] = None  # overhead only
+    step: Optional[str] = None  # the training step that ran: eager | compiled | captured | compiled+captured
+    compile_seconds: Optional[float] = None  # torch.compile's time in the worker's warm-up
+    matmul_tflops: Optional[float] = None  # model on CUDA: the device's measured bf16 matrix rate
 
     def fail(self, reason: str) -> None:
         self.status, self.reason = "unavailable", reason
@@ -212,6 +216,7 @@ def run(configs: list[Config], repeats: int = 5, duration: float = 4.0, settle: 
                 out.built = msg["event"] == "built"
                 if not out.built:
                     out.fail(msg.get("reason", "unknown"))
+                out.step = msg.get("step")
                 live.append(w if out.built else None)
             on_built(outcomes)
             for i, (out, w) in enumerate(zip(outcomes, live)):
@@ -226,6 +231,9 @@ def run(configs: list[Config], repeats: int = 5, duration: float = 4.0, settle: 
                     continue
                 out.warmup_seconds = msg["warmup_seconds"]
                 out.ops_per_step = msg.get("ops_per_step")
+                out.step = msg.get("step", out.step)
+                out.compile_seconds = msg.get("compile_seconds")
+                out.matmul_tflops = msg.get("matmul_tflops")
             for rnd in range(repeats):
                 for out, w in zip(outcomes, live):
                     if w is None or out.status != "ok":
@@ -257,9 +265,19 @@ def _paired(a: Outcome, b: Outcome) -> list[float]:
     return [s["images_per_s"] / rb[s["round"]] for s in a.samples if s["round"] in rb]
 
 
-def summarise(outcomes: list[Outcome], baseline_backend: str = "torchvision") -> list[dict[str, Any]]:
-    """One JSON-able record per configuration: medians, spreads, ratios to the baseline and the ceiling."""
+def peak_tflops(outcomes: list[Outcome]) -> Optional[float]:
+    """The device's measured bf16 matrix rate (the best of the measurements made), None where none was (CPU)."""
+    rates = [o.matmul_tflops for o in outcomes if o.matmul_tflops]
+    return max(rates) if rates else None
+
+
+def summarise(outcomes: list[Outcome], baseline_backend: str = "torchvision",
+              flops_per_image: Optional[float] = None) -> list[dict[str, Any]]:
+    """One JSON-able record per configuration: medians, spreads, ratios to the baseline and the ceiling, and,
+    given the FLOPs of a training step per image and a measured matrix rate (a GPU), the training step's
+    TFLOP/s and their fraction of that rate."""
     by_id = {o.config.id: o for o in outcomes}
+    peak = peak_tflops(outcomes)
     records = []
     for o in outcomes:
         c = o.config
@@ -270,19 +288,34 @@ def summarise(outcomes: list[Outcome], baseline_backend: str = "torchvision") ->
         ok = o.status == "ok" and bool(o.samples)
         ratios = _paired(o, base) if ok and base is not None and base.samples else []
         of_ceiling = _paired(o, ceil) if ok and ceil is not None and ceil.samples else []
+        tflops = ([s["images_per_s"] * flops_per_image / 1e12 for s in o.samples]
+                  if ok and flops_per_image and peak and c.kind in ("train", "model") else [])
         records.append({
             "id": c.id, **asdict(c), "status": "ok" if ok else "unavailable",
             "reason": None if ok else (o.reason or "no sample was measured"),
-            "warmup_seconds": o.warmup_seconds, "samples": o.samples,
+            "warmup_seconds": o.warmup_seconds, "step": o.step, "compile_seconds": o.compile_seconds,
+            "samples": o.samples,
             "images_per_s": _spread([s["images_per_s"] for s in o.samples]),
             "wait_fraction": _spread([s["wait_fraction"] for s in o.samples]),
             "baseline": base_id if base is not None else None,
             "ratio": {**_spread(ratios), "per_round": ratios} if ratios else None,
             "ceiling": ceil_id if ceil is not None else None,
             "of_ceiling": {**_spread(of_ceiling), "per_round": of_ceiling} if of_ceiling else None,
+            "tflops": _spread(tflops), "of_peak": _spread([t / peak for t in tflops]) if tflops else None,
             **(_overhead(o, base) if c.kind == "overhead" else {}),
         })
     return records
+
+
+def arithmetic(outcomes: list[Outcome], flops_per_image: Optional[float]) -> Optional[dict[str, Any]]:
+    """What the TFLOP/s figures rest on, for the report; None where they are not given (no matrix rate was
+    measured: a CPU)."""
+    peak = peak_tflops(outcomes)
+    if not flops_per_image or not peak:
+        return None
+    from .flops import MATMUL_SIZE
+
+    return {"training_flops_per_image": flops_per_image, "bf16_matmul_tflops": peak, "matmul_size": MATMUL_SIZE}
 
 
 def _baseline(c: Config, baseline_backend: str) -> Optional[str]:

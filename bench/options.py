@@ -73,7 +73,8 @@ class Options:
     """The shared options, checked and resolved once, before anything is measured."""
 
     def __init__(self, what: str, data: Path, backends: Optional[str], batch_sizes: str, device: str,
-                 channels_last: Optional[bool], both_layouts: bool, **rest):
+                 channels_last: Optional[bool], both_layouts: bool, dtype: str, cuda_graphs: Optional[bool],
+                 **rest):
         self.what, self.data = what, os.path.abspath(data)  # what the workers read, from any directory
         self.named = _parse_list(backends, "--backends") if backends is not None else []
         self.backends = list(self.named or BACKENDS)
@@ -92,6 +93,14 @@ class Options:
             self.device = resolve_device(device).type
         except ValueError as exc:
             fail(str(exc))
+        self.dtype = dtype
+        if cuda_graphs and what != "loaders":
+            if self.device != "cuda":
+                fail("--cuda-graphs: CUDA graphs need a CUDA device (--device cuda)")
+            if dtype == "fp16":
+                fail("--cuda-graphs: the fp16 gradient scaler decides on the host when to change its scale, so an "
+                     "fp16 step is not captured; use --dtype bf16 or fp32")
+        self.cuda_graphs = cuda_graphs
         self.channels_last = (self.device == "cuda") if channels_last is None else channels_last
         self.layouts = [False, True] if both_layouts else [self.channels_last]
         for name, value in rest.items():
@@ -109,22 +118,23 @@ class Options:
         from . import harness
 
         common = dict(workers=self.workers, dtype=self.dtype, device=self.device, augment=self.augment, pca=self.pca,
-                      data=self.data)
+                      data=self.data, capture=self.cuda_graphs)
         out = []
-        compiles = (False, True) if kind == "overhead" else (False,)
+        compiles = (False, True) if kind == "overhead" else (self.compile,)
         for cl in self.layouts:
             for b in self.batch_sizes:
                 out += [harness.Config(kind=kind, backend=be, batch_size=b, channels_last=cl, compile=co, **common)
                         for be in self.backends for co in compiles]
                 if kind == "train":
-                    out.append(harness.Config(kind="model", batch_size=b, channels_last=cl, **common))
+                    out.append(harness.Config(kind="model", batch_size=b, channels_last=cl, compile=self.compile,
+                                              **common))
         return out
 
     def settings(self) -> dict:
         return {"repeats": self.repeats, "duration": self.duration, "settle": self.settle,
                 "warmup_seconds": self.warmup, "device": self.device, "dtype": self.dtype,
                 "channels_last": self.channels_last, "both_layouts": len(self.layouts) > 1,
-                "augment": self.augment, "pca": self.pca,
+                "augment": self.augment, "pca": self.pca, "compile": self.compile, "cuda_graphs": self.cuda_graphs,
                 "workers": self.workers, "usable_cores": usable_cores(), "batch_sizes": self.batch_sizes,
                 "backends": self.backends, "data": self.data,
                 "command": " ".join(shlex.quote(a) for a in ["alexpipe", *sys.argv[1:]])}

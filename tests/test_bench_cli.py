@@ -89,6 +89,10 @@ def test_workers_default_to_the_usable_cores_more_are_capped_and_negative_refuse
     one_error_line(res, "alexpipe convert")  # the data is checked next: the capped count went on
 
 
+def test_cuda_graphs_are_refused_where_the_trainer_could_not_capture(tmp_path):
+    one_error_line(run("bench", "train", "--data", tmp_path, "--device", "cpu", "--cuda-graphs"), "--cuda-graphs")
+
+
 # --- --out: checked up front, and a write that fails is one line naming the file ---
 
 def test_an_out_name_longer_than_a_file_system_allows_is_refused_up_front(small_data, tmp_path):
