@@ -44,6 +44,7 @@ import argparse
 import datetime as _dt
 import importlib.util
 import json
+import math
 import os
 import platform
 import re
@@ -400,6 +401,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds for the whole check [default: 480]")
     a = ap.parse_args(argv)
+    if not (math.isfinite(a.budget) and a.budget > 0):
+        print(f"gpu-check: --budget must be a positive, finite number of seconds, got {a.budget}", file=sys.stderr)
+        return 2
     env = environment()
     device = ("cuda" if env.get("cuda") else "cpu") if a.device == "auto" else a.device
     if device == "cuda" and not env.get("cuda"):

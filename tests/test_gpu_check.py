@@ -52,6 +52,12 @@ def test_quick_form_runs_every_step_and_writes_its_result_files(tmp_path):
     assert "| blog recipe | ok |" in md and "## The training step, profiled" in md and "torch.compile:" in md
 
 
+@pytest.mark.parametrize("budget", ["nan", "inf", "0"])
+def test_refuses_a_budget_that_is_not_a_positive_finite_number(tmp_path, budget):
+    assert gpu_check.main(["--quick", "--device", "cpu", "--budget", budget, "--out", str(tmp_path)]) == 2
+    assert not any(tmp_path.iterdir())
+
+
 def test_refuses_a_full_check_without_a_gpu(tmp_path):
     res = subprocess.run([sys.executable, "bench/gpu_check.py", "--device", "cpu", "--out", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
