@@ -115,7 +115,6 @@ def test_a_training_step_is_counted_at_about_half_a_gigaflop_per_image():
     flops = training_flops_per_image()
     # 86 M multiply-adds forward (docs/design.md): 2 FLOPs each, and a backward of about twice the forward
     assert 0.50e9 < flops < 0.53e9
-    assert training_flops_per_image(batch=4) == pytest.approx(flops)
 
 
 def test_the_matrix_rate_is_measured_on_the_device_it_is_given():
@@ -153,8 +152,7 @@ def test_tflops_and_the_fraction_of_the_measured_matrix_rate_are_reported_where_
     assert "TFLOP/s" not in report.markdown(report.document(harness.summarise(cpu), _doc([])["settings"]))
 
 
-@pytest.mark.parametrize("kind", ["model", "train"])
-@pytest.mark.parametrize("compile_", [False, True])
+@pytest.mark.parametrize("kind,compile_", [("model", True), ("train", False)])
 def test_the_model_ceiling_and_train_build_the_step_train_runs_for_the_same_flags(small_data, monkeypatch, kind,
                                                                                  compile_):
     """The step comes from train.step.build_step with the trainer's arguments: compiled when asked, captured
