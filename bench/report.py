@@ -48,8 +48,13 @@ def environment() -> dict[str, Any]:
     }
 
 
-def document(records: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
-    return {"schema": SCHEMA_ID, "environment": environment(), "settings": settings, "results": records}
+def document(records: list[dict[str, Any]], settings: dict[str, Any],
+             arithmetic: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole report; `arithmetic` (FLOPs per image, the measured matrix rate) only where it was measured."""
+    doc = {"schema": SCHEMA_ID, "environment": environment(), "settings": settings, "results": records}
+    if arithmetic:
+        doc["arithmetic"] = arithmetic
+    return doc
 
 
 def _fmt_rate(spread: dict | None) -> str:
@@ -66,41 +71,59 @@ def _fmt_ratio(r: dict | None, unit: str = "x") -> str:
     return f"{r['median']:.2f}x ({r['min']:.2f}–{r['max']:.2f})"
 
 
+def _fmt_tflops(spread: dict | None) -> str:
+    return f"{spread['median']:.1f} ({spread['min']:.1f}–{spread['max']:.1f})" if spread else "—"
+
+
 def rows(doc: dict[str, Any]) -> list[list[str]]:
     out = []
+    width = len(header(doc))
     for r in doc["results"]:
         if r["kind"] == "overhead":
             continue
         if r["status"] != "ok":
-            out.append([r["id"], "unavailable", r["reason"] or "", "", ""])
+            out.append([r["id"], r.get("step") or "—", "unavailable", r["reason"] or ""] + [""] * (width - 4))
             continue
         stall = f"{100 * r['wait_fraction']['median']:.1f}%" if r["kind"] == "train" else "—"
         is_base = r["baseline"] == r["id"]
-        out.append([r["id"], _fmt_rate(r["images_per_s"]), "baseline" if is_base else _fmt_ratio(r["ratio"]),
-                    _fmt_ratio(r["of_ceiling"], "%"), stall])
+        row = [r["id"], r.get("step") or "—", _fmt_rate(r["images_per_s"]),
+               "baseline" if is_base else _fmt_ratio(r["ratio"]), _fmt_ratio(r["of_ceiling"], "%"), stall]
+        if "arithmetic" in doc:
+            row += [_fmt_tflops(r.get("tflops")), _fmt_ratio(r.get("of_peak"), "%")]
+        out.append(row)
     return out
 
 
-HEADER = ["configuration", "images/s median (min–max)", "vs torchvision", "of model-only ceiling", "data stall"]
-OVERHEAD_HEADER = ["configuration", "host µs/step median (min–max)", "aten ops/step", "ops vs eager",
-                   "speed vs eager"]
+HEADER = ["configuration", "step", "images/s median (min–max)", "vs torchvision", "of model-only ceiling",
+          "data stall"]
+ARITHMETIC_HEADER = ["TFLOP/s", "of measured bf16 peak"]
+
+
+def header(doc: dict[str, Any]) -> list[str]:
+    """The main table's columns: TFLOP/s and the fraction of the device's matrix rate only where that rate
+    was measured (a GPU)."""
+    return HEADER + (ARITHMETIC_HEADER if "arithmetic" in doc else [])
+
+
+OVERHEAD_HEADER = ["configuration", "step", "host µs/step median (min–max)", "aten ops/step", "ops vs uncompiled",
+                   "speed vs uncompiled"]
 
 
 def overhead_rows(doc: dict[str, Any]) -> list[list[str]]:
-    """The host-cost table: one row per (backend, eager | compiled)."""
+    """The host-cost table: one row per (backend, uncompiled | compiled)."""
     out = []
     for r in doc["results"]:
         if r["kind"] != "overhead":
             continue
         if r["status"] != "ok":
-            out.append([r["id"], "unavailable", r["reason"] or "", "", ""])
+            out.append([r["id"], r.get("step") or "—", "unavailable", r["reason"] or "", "", ""])
             continue
         us = r["us_per_step"]
-        eager = r["baseline"] == r["id"]
-        out.append([r["id"], f"{us['median']:,.0f} ({us['min']:,.0f}–{us['max']:,.0f})",
+        base = r["baseline"] == r["id"]
+        out.append([r["id"], r.get("step") or "—", f"{us['median']:,.0f} ({us['min']:,.0f}–{us['max']:,.0f})",
                     f"{r['ops_per_step']:,.1f}" if r["ops_per_step"] is not None else "—",
-                    "eager" if eager else (f"{r['ops_ratio']:.2f}x" if r["ops_ratio"] else "—"),
-                    "eager" if eager else _fmt_ratio(r["ratio"])])
+                    "baseline" if base else (f"{r['ops_ratio']:.2f}x" if r["ops_ratio"] else "—"),
+                    "baseline" if base else _fmt_ratio(r["ratio"])])
     return out
 
 
@@ -115,22 +138,35 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Settings: {st['repeats']} rounds of {st['duration']} s windows after warm-up, device {st['device']}, "
         f"dtype {st['dtype']}, channels_last {'both' if st.get('both_layouts') else st['channels_last']}, "
         f"augmentation {'on' if st['augment'] else 'off'} "
-        f"(PCA {st['pca']}), workers/threads {st['workers']}. Ratios are medians of per-round ratios.",
-        "",
+        f"(PCA {st['pca']}), workers/threads {st['workers']}, torch.compile {'on' if st.get('compile') else 'off'}"
+        f", CUDA graphs {_graphs(st.get('cuda_graphs'))}. Ratios are medians of per-round ratios; \"step\" is the "
+        f"training step that ran.",
     ]
+    ar = doc.get("arithmetic")
+    if ar:
+        lines.append(f"Arithmetic: a training step costs {ar['training_flops_per_image'] / 1e9:.3f} GFLOP per image "
+                     f"(counted with torch's FLOP counter); the device's bf16 matrix rate, measured with a "
+                     f"{ar['matmul_size']}³ product, is {ar['bf16_matmul_tflops']:.0f} TFLOP/s.")
+    lines.append("")
     main = rows(doc)
     if main:
-        lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        cols = header(doc)
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(r) + " |" for r in main]
     overhead = overhead_rows(doc)
     if overhead:
         lines += ([""] if main else []) + ["Host cost of the training step with the network replaced by a near-zero-cost one (global "
                   "mean pool + 3 -> 10 linear): microseconds per step, and aten operator calls per step as "
-                  "torch.profiler records them on the host (nested calls included), eager against torch.compile "
-                  "(the step's forward + loss + sums, its clipping, and the resident loader's augmentation).", "",
+                  "torch.profiler records them on the host (nested calls included), without and with torch.compile "
+                  "(the step's forward + loss + sums, and its clipping); on CUDA the step is also captured in a "
+                  "CUDA graph unless --no-cuda-graphs (the \"step\" column).", "",
                   "| " + " | ".join(OVERHEAD_HEADER) + " |", "|" + "---|" * len(OVERHEAD_HEADER)]
         lines += ["| " + " | ".join(r) + " |" for r in overhead]
     return "\n".join(lines) + "\n"
+
+
+def _graphs(setting: bool | None) -> str:
+    return {True: "on", False: "off"}.get(setting, "wherever the trainer captures (CUDA, bf16/fp32)")
 
 
 def chart(doc: dict[str, Any], path: Path) -> None:

@@ -105,3 +105,76 @@ def test_cli_refuses_unconverted_data(tmp_path):
     assert res.exit_code == 1 and "alexpipe convert" in res.output
     res = CliRunner().invoke(app, ["bench", "nonsense", "--data", str(tmp_path)])
     assert res.exit_code == 2 and "'nonsense' is not one of 'loaders', 'train', 'overhead', 'all'" in res.output
+
+
+# --- an honest ceiling: the trainer's own step, and how far it is from the chip ---
+
+def test_a_training_step_is_counted_at_about_half_a_gigaflop_per_image():
+    from alexpipe.bench.flops import training_flops_per_image
+
+    flops = training_flops_per_image()
+    # 86 M multiply-adds forward (docs/design.md): 2 FLOPs each, and a backward of about twice the forward
+    assert 0.50e9 < flops < 0.53e9
+
+
+def test_the_matrix_rate_is_measured_on_the_device_it_is_given():
+    import torch
+
+    from alexpipe.bench.flops import matmul_tflops
+
+    assert matmul_tflops(torch.device("cpu"), n=128, repeats=2) > 0
+
+
+def _timed(kind, backend, rate, peak=None):
+    return harness.Outcome(harness.Config(kind=kind, backend=backend, batch_size=8), step="captured",
+                           matmul_tflops=peak,
+                           samples=[{"round": r, "images": 8, "seconds": 1.0, "images_per_s": rate,
+                                     "wait_fraction": 0.0} for r in range(2)])
+
+
+def test_tflops_and_the_fraction_of_the_measured_matrix_rate_are_reported_where_it_was_measured():
+    outcomes = [_timed("train", "torchvision", 1e4), _timed("train", "resident", 4e4), _timed("model", "", 5e4, 800.0),
+                _timed("loader", "resident", 1e6)]
+    records = {r["id"]: r for r in harness.summarise(outcomes, flops_per_image=0.5e9)}
+    model, loader = records["model/ceiling/b8"], records["loader/resident/b8"]
+    assert model["tflops"]["median"] == pytest.approx(25.0) and model["of_peak"]["median"] == pytest.approx(25 / 800)
+    assert model["step"] == "captured"
+    assert records["train/resident/b8"]["tflops"]["median"] == pytest.approx(20.0)
+    assert loader["tflops"] is None and loader["of_peak"] is None  # a loader alone does no training arithmetic
+    doc = report.document(list(records.values()), _doc([])["settings"], harness.arithmetic(outcomes, 0.5e9))
+    jsonschema.validate(doc, json.loads(report.SCHEMA_PATH.read_text()))
+    md = report.markdown(doc)
+    assert "| TFLOP/s | of measured bf16 peak |" in md and "800 TFLOP/s" in md and "| 25.0 (25.0–25.0) | 3.1%" in md
+    # no matrix rate measured (a CPU): no TFLOP/s anywhere
+    cpu = [_timed("model", "", 5e4)]
+    assert harness.arithmetic(cpu, 0.5e9) is None
+    assert harness.summarise(cpu, flops_per_image=0.5e9)[0]["tflops"] is None
+    assert "TFLOP/s" not in report.markdown(report.document(harness.summarise(cpu), _doc([])["settings"]))
+
+
+@pytest.mark.parametrize("kind,compile_", [("model", True), ("train", False)])
+def test_the_model_ceiling_and_train_build_the_step_train_runs_for_the_same_flags(small_data, monkeypatch, kind,
+                                                                                 compile_):
+    """The step comes from train.step.build_step with the trainer's arguments: compiled when asked, captured
+    wherever the trainer would (None), and the record says which step that is."""
+    from alexpipe.bench import worker
+    from alexpipe.train import step as step_module
+
+    built = []
+    real = step_module.build_step
+
+    def spy(*args, **kwargs):
+        built.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(step_module, "build_step", spy)
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"):
+        monkeypatch.delenv(name, raising=False)  # --compile points them at alexpipe's cache: undone after the test
+    work, _, device = worker.build({"kind": kind, "backend": "resident", "batch_size": 16, "workers": 0,
+                                    "dtype": "fp32", "channels_last": False, "device": "cpu", "augment": True,
+                                    "pca": "blog", "data": str(small_data), "compile": compile_, "capture": None})
+    assert len(built) == 1 and built[0]["compile"] is compile_ and built[0]["capture"] is None
+    assert work.step_kind == ("compiled" if compile_ else "eager")  # a CPU step is never captured
+    assert work.min_warmup_steps == (2 if compile_ else 0)  # a compiled step compiles in its first step
+    if not compile_:
+        assert work() == 16
