@@ -16,20 +16,12 @@ from pathlib import Path
 from typing import Optional
 
 from alexpipe.pipeline.loaders import BACKENDS
+from alexpipe.pipeline.workers import check_workers, usable_cores
 from alexpipe.terminal import fail, note
 
 KINDS = {"loaders": ["loader"], "train": ["train"], "overhead": ["overhead"], "all": ["loader", "train"]}
 DTYPES = ("bf16", "fp16", "fp32")
 BASELINE = "torchvision"
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity, which a container or `taskset` narrows), not the
-    machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _parse_list(text: str, what: str, cast=str) -> list:
@@ -56,16 +48,16 @@ def check_numbers(duration: float, warmup: float, repeats: int, settle: int) -> 
 
 
 def resolve_workers(workers: Optional[int]) -> int:
-    """--workers: default, the cores this process may use; more than that is capped there, with a note (each
-    worker is a process or a thread competing for those cores, and a thousand of them exhaust the memory)."""
-    cores = usable_cores()
+    """--workers: default, the cores this process may use (what a user of a DataLoader would configure);
+    more is capped there with a note, a negative count refused (pipeline/workers.py)."""
     if workers is None:
-        return cores
-    if workers < 0:
-        fail(f"--workers must not be negative, got {workers}")
-    if workers > cores:
-        note(f"--workers {workers} is more than the {cores} CPU core(s) this process may use; using {cores}")
-        return cores
+        return usable_cores()
+    try:
+        workers, capped = check_workers(workers)
+    except ValueError as exc:
+        fail(str(exc))
+    if capped:
+        note(capped)
     return workers
 
 
