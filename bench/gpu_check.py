@@ -185,7 +185,7 @@ def backends(env: dict[str, Any]) -> list[str]:
 
 PLUGIN_SCRIPT = """
 import json, time
-from alexpipe.pipeline.loaders import dali_build
+from alexpipe.pipeline.loaders.dali import build as dali_build
 t0 = time.perf_counter()
 r = dali_build.build_plugin()
 print(json.dumps({"path": str(r.path), "built": r.built, "with_cuda": r.with_cuda,

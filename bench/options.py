@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from alexpipe.pipeline.loaders import BACKENDS
-from alexpipe.pipeline.workers import check_workers, usable_cores
+from alexpipe.pipeline.loaders.workers import check_workers, usable_cores
 from alexpipe.terminal import fail, note
 
 KINDS = {"loaders": ["loader"], "train": ["train"], "overhead": ["overhead"], "all": ["loader", "train"]}
@@ -49,7 +49,7 @@ def check_numbers(duration: float, warmup: float, repeats: int, settle: int) -> 
 
 def resolve_workers(workers: Optional[int]) -> int:
     """--workers: default, the cores this process may use (what a user of a DataLoader would configure);
-    more is capped there with a note, a negative count refused (pipeline/workers.py)."""
+    more is capped there with a note, a negative count refused (pipeline/loaders/workers.py)."""
     if workers is None:
         return usable_cores()
     try:

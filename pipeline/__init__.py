@@ -15,13 +15,13 @@ from alexpipe.lazy import lazy_exports
 
 _EXPORTS = {
     "BACKENDS": ".loaders",
-    "ChannelStats": ".stats",
+    "ChannelStats": ".format.stats",
     "DataError": ".errors",
-    "Split": ".fileformat",
-    "SplitMeta": ".fileformat",
-    "load_split": ".fileformat",
+    "Split": ".format.split",
+    "SplitMeta": ".format.split",
+    "load_split": ".format.split",
     "make_loader": ".loaders",
-    "verify_dataset": ".integrity",
+    "verify_dataset": ".format.integrity",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -23,7 +23,7 @@ from alexpipe.paths import GROWS, check_fits
 from alexpipe.terminal import console, fail, literal, note
 
 from .cache import cache_dir
-from .download import OFFICIAL_MD5, OFFICIAL_URL
+from .source.download import OFFICIAL_MD5, OFFICIAL_URL
 from .errors import DataError
 
 INTERRUPTED = 130  # the shell's status for a process stopped by Ctrl-C
@@ -59,8 +59,8 @@ def _resolve_source(source: Optional[Path], use_download: bool, url: str, md5: s
                     download_dir: Optional[Path]) -> Path:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-    from .convert import default_sources
-    from .download import download
+    from .convert.conversion import default_sources
+    from .source.download import download
 
     if source is not None and use_download:
         fail("pass either --source or --download, not both")
@@ -109,8 +109,8 @@ def convert_cmd(
     with _one_line_errors("interrupted: --out was left as it was and the temporary files were removed"):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from .beton import ffcv_installed
-        from .convert import convert, steps_for
+        from .format.beton import ffcv_installed
+        from .convert.conversion import convert, steps_for
 
         if seed < 0:  # before a download; convert checks it too
             fail(f"--seed must be a non-negative integer, got {seed}")
@@ -170,8 +170,8 @@ def info_cmd(
 ) -> None:
     """Show what a converted folder holds and check its integrity."""
     with _one_line_errors("interrupted"):
-        from .fileformat import SPLITS, split_path
-        from .integrity import read_manifest, recorded_splits, verify_dataset
+        from .format.split import SPLITS, split_path
+        from .format.integrity import read_manifest, recorded_splits, verify_dataset
 
         check_fits("DATA", data, grows=GROWS)
         if not data.is_dir():
@@ -190,7 +190,7 @@ def _print_contents(data: Path, manifest: dict, splits: list[str]) -> None:
     """The table of splits and what the first readable one records; unreadable splits show `?`."""
     from rich.table import Table
 
-    from .fileformat import read_meta, split_path
+    from .format.split import read_meta, split_path
 
     t = Table()
     for col in ("split", "images", "shape", "per class"):

@@ -43,7 +43,7 @@ def _missing(need: str) -> str | None:
     if need == "ffcv":
         return None if importlib.util.find_spec("ffcv") else "needs FFCV (see the README's install line)"
     if need == "nvcc":
-        from alexpipe.pipeline.loaders.dali_build import find_cuda_home
+        from alexpipe.pipeline.loaders.dali.build import find_cuda_home
 
         return None if find_cuda_home() else "needs nvcc (a CUDA toolkit; set CUDA_HOME) to compile CUDA code"
     if need == "real_data":
@@ -204,7 +204,7 @@ def synthetic():
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory, synthetic) -> Path:
     """A converted synthetic dataset: 250 train / 50 val / 60 test images (no .beton)."""
-    from alexpipe.pipeline.convert import convert
+    from alexpipe.pipeline.convert.conversion import convert
 
     tmp = tmp_path_factory.mktemp("small")
     src = make_source(tmp, synthetic, "python", "archive")
@@ -216,7 +216,7 @@ def small_data(tmp_path_factory, synthetic) -> Path:
 def synthetic_data(tmp_path_factory) -> Path:
     """A converted synthetic dataset big enough for loader tests: 900 train / 100 val / 200 test images,
     with .beton files when FFCV is installed. What the GPU tests use: they must not need ../shared/data."""
-    from alexpipe.pipeline.convert import convert
+    from alexpipe.pipeline.convert.conversion import convert
 
     tmp = tmp_path_factory.mktemp("synthetic")
     src = make_source(tmp, synthetic_batches(per_batch=200, seed=1), "python", "archive")
@@ -228,7 +228,7 @@ def synthetic_data(tmp_path_factory) -> Path:
 def real_data(tmp_path_factory) -> Path:
     """The real CIFAR-10 from ../shared/data, converted once per test session (with .beton files if FFCV is here).
     Tests using it are marked real_data (skipped where the archive is absent) and slow."""
-    from alexpipe.pipeline.convert import convert
+    from alexpipe.pipeline.convert.conversion import convert
 
     out = tmp_path_factory.mktemp("real") / "cifar10"
     convert(REAL_ARCHIVE, out)
@@ -253,9 +253,9 @@ def marker_image() -> np.ndarray:
 def write_dataset(out: Path, images: np.ndarray, labels: np.ndarray, split: str = "train",
                   betons: bool = True) -> Path:
     """A converted folder holding one split of the given images, with REALISTIC_STATS in its metadata."""
-    from alexpipe.pipeline.beton import beton_path, ffcv_installed, write_beton
-    from alexpipe.pipeline.fileformat import FORMAT_VERSION, SplitMeta, content_digest, split_path, write_split
-    from alexpipe.pipeline.stats import ChannelStats
+    from alexpipe.pipeline.format.beton import beton_path, ffcv_installed, write_beton
+    from alexpipe.pipeline.format.split import FORMAT_VERSION, SplitMeta, content_digest, split_path, write_split
+    from alexpipe.pipeline.format.stats import ChannelStats
 
     out.mkdir(parents=True, exist_ok=True)
     meta = SplitMeta(split=split, classes=tuple(CLASSES), num_images=len(labels),

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from alexpipe.cli import app
 from alexpipe.pipeline import DataError, load_split
-from alexpipe.pipeline.convert import carve_val, convert
-from alexpipe.pipeline.fileformat import split_path
+from alexpipe.pipeline.convert.conversion import carve_val, convert
+from alexpipe.pipeline.format.split import split_path
 from alexpipe.pipeline.hashing import file_hexdigests
 
 from conftest import CLASSES, make_source, source_files, write_archive, REAL_ARCHIVE

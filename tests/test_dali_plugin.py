@@ -18,7 +18,7 @@ import torch
 
 from alexpipe.pipeline import load_split, make_loader
 from alexpipe.pipeline.augment import AugParams, FixedParams, pca_matrix
-from alexpipe.pipeline.loaders import dali_build
+from alexpipe.pipeline.loaders.dali import build as dali_build
 
 from conftest import assert_matches_reference, batches_with_positions
 

@@ -272,7 +272,7 @@ def test_a_batch_that_does_not_divide_among_the_processes_names_its_flag(data, t
 # ---------------------------------------------------------------- what the machine can hold
 
 def test_worker_counts_beyond_the_cores_are_capped_and_negative_ones_refused(data, tmp_path, monkeypatch):
-    from alexpipe.pipeline.workers import check_workers, usable_cores
+    from alexpipe.pipeline.loaders.workers import check_workers, usable_cores
 
     cores = usable_cores()
     assert check_workers(0) == (0, None) and check_workers(cores) == (cores, None)

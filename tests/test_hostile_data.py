@@ -27,12 +27,12 @@ from typer.testing import CliRunner
 
 from alexpipe.cli import app
 from alexpipe.pipeline import DataError, load_split
-from alexpipe.pipeline.beton import ffcv_installed
-from alexpipe.pipeline.convert import convert
-from alexpipe.pipeline.fileformat import content_digest, split_path
+from alexpipe.pipeline.format.beton import ffcv_installed
+from alexpipe.pipeline.convert.conversion import convert
+from alexpipe.pipeline.format.split import content_digest, split_path
 from alexpipe.pipeline.hashing import file_hexdigests
-from alexpipe.pipeline.integrity import verify_dataset
-from alexpipe.pipeline.sources import MAX_BATCH_BYTES
+from alexpipe.pipeline.format.integrity import verify_dataset
+from alexpipe.pipeline.source.archives import MAX_BATCH_BYTES
 from alexpipe.terminal import literal
 
 from conftest import CLASSES, ROOT, make_source, one_error, source_files, write_archive
@@ -322,7 +322,9 @@ def test_out_dot_is_refused_in_one_line(tmp_path, src, monkeypatch):
 CLI = r"""
 import pathlib, sys, time
 import typer
-from alexpipe.pipeline import beton, cli, convert
+from alexpipe.pipeline import cli
+from alexpipe.pipeline.convert import conversion as convert
+from alexpipe.pipeline.format import beton
 
 args = sys.argv[1:]
 if args[0] == "--pause-beton":  # sit in the middle of writing a .beton until a signal arrives
@@ -612,8 +614,8 @@ def _real_sized_batch(seed: int = 0, pixels: np.ndarray | None = None) -> dict:
 def test_a_real_sized_batch_in_every_pickle_protocol_converts(tmp_path, synthetic, protocol):
     """Python 3 writes a batch's bytes as latin-1 text in protocols 0-2 (protocol 1 and 2: ~1.5 times the
     pixels for natural images), as raw bytes in 3-4, through numpy's _frombuffer in 5: all are CIFAR-10."""
-    from alexpipe.pipeline.safe_unpickle import safe_loads
-    from alexpipe.pipeline.sources import read_cifar10
+    from alexpipe.pipeline.source.unpickle import safe_loads
+    from alexpipe.pipeline.source.archives import read_cifar10
 
     batch = _real_sized_batch(protocol)
     blob = pickle.dumps(batch, protocol=protocol)
@@ -726,7 +728,7 @@ def test_beton_writer_writes_ffcv_s_own_bytes(tmp_path):
     from ffcv.fields.rgb_image import IMAGE_MODES
     from ffcv.writer import DatasetWriter
 
-    from alexpipe.pipeline import beton
+    from alexpipe.pipeline.format import beton
 
     assert (beton.HEADER_TYPE, beton.FIELD_DESC_TYPE, beton.ALLOC_TABLE_TYPE, beton.FORMAT_VERSION) == \
         (t.HeaderType, t.FieldDescType, t.ALLOC_TABLE_TYPE, t.CURRENT_VERSION)

@@ -20,8 +20,8 @@ import torch
 from typer.testing import CliRunner
 
 from alexpipe.cli import app
-from alexpipe.pipeline.convert import convert
-from alexpipe.pipeline.fileformat import content_digest, split_path
+from alexpipe.pipeline.convert.conversion import convert
+from alexpipe.pipeline.format.split import content_digest, split_path
 from alexpipe.train import checkpoint
 
 from conftest import make_source, synthetic_batches

@@ -16,7 +16,7 @@ import torch
 from alexpipe.pipeline import DataError, load_split, make_loader
 from alexpipe.pipeline.augment import AugParams, FixedParams, normalise_affine, pca_matrix
 from alexpipe.pipeline.augment.reference import augment_batch_reference
-from alexpipe.pipeline.beton import beton_path, write_beton
+from alexpipe.pipeline.format.beton import beton_path, write_beton
 
 from conftest import assert_matches_reference, batches_with_positions, write_dataset
 
@@ -39,7 +39,7 @@ def compiled(op):
 
 
 def operations(stats, variant: str, tables):
-    from alexpipe.pipeline.loaders.ffcv_ops import PCAJitterNormalise, TranslateFlip
+    from alexpipe.pipeline.loaders.ffcv.ops import PCAJitterNormalise, TranslateFlip
 
     scale, shift = normalise_affine(stats)
     return (compiled(TranslateFlip(tables.geometry)),
@@ -48,7 +48,7 @@ def operations(stats, variant: str, tables):
 
 @pytest.mark.parametrize("variant", ["blog", "paper"])
 def test_operations_equal_the_reference_and_read_the_table_when_they_run(real_data, variant):
-    from alexpipe.pipeline.loaders.ffcv_ops import ParamTables
+    from alexpipe.pipeline.loaders.ffcv.ops import ParamTables
 
     split = load_split(real_data, "train")
     positions = np.random.default_rng(3).choice(len(split), 256, replace=False)

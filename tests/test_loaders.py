@@ -145,7 +145,7 @@ def recover_params(x: np.ndarray, stats, variant: str) -> tuple[np.ndarray, ...]
 def test_recover_params_inverts_the_reference():
     """The statistics test below is only as good as this decoder: check it on the reference."""
     from conftest import REALISTIC_STATS, marker_image
-    from alexpipe.pipeline.stats import ChannelStats
+    from alexpipe.pipeline.format.stats import ChannelStats
 
     stats = ChannelStats(**REALISTIC_STATS)
     p = AugParams.random(400, 0.1, np.random.default_rng(0))

@@ -30,7 +30,7 @@ def test_the_installed_packages_are_alexpipe_and_its_sub_packages_only(tmp_path)
     (wheel,) = wheels.glob("alexpipe-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"alexpipe", wheel.name.split("-py")[0] + ".dist-info"}, names
-    for needed in ("alexpipe/pipeline/dali_plugin/pca_jitter.cu", "alexpipe/bench/schema.json",
+    for needed in ("alexpipe/pipeline/loaders/dali/plugin/pca_jitter.cu", "alexpipe/bench/schema.json",
                    "alexpipe/model/alexnet.py", "alexpipe/train/run.py"):
         assert needed in names
 

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alexpipe.pipeline.convert import convert
+from alexpipe.pipeline.convert.conversion import convert
 from alexpipe.train import checkpoint, distributed, run as run_module
 from alexpipe.train.errors import TrainingError
 from alexpipe.train.metrics import read_jsonl

@@ -200,7 +200,7 @@ def _check_run_options(subset: Optional[int], eval_subset: Optional[int], dist_t
 
 def _workers(given: Optional[int]) -> int:
     """The loader's worker count: the one given, capped to the usable cores (saying so, once per job), or 2."""
-    from alexpipe.pipeline.workers import check_workers, usable_cores
+    from alexpipe.pipeline.loaders.workers import check_workers, usable_cores
 
     if given is None:
         return min(2, usable_cores())

@@ -25,7 +25,7 @@ import torch
 from alexpipe.lock import LockHeld, exclusive
 from alexpipe.model import build_model
 from alexpipe.pipeline import DataError, load_split, make_loader, verify_dataset
-from alexpipe.pipeline.integrity import read_manifest
+from alexpipe.pipeline.format.integrity import read_manifest
 from alexpipe.pipeline.sampling import ShortClass, balanced_choice
 from alexpipe.provenance import git_commit
 from alexpipe.terminal import console, literal, note

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..device import to_device
-from ..stats import ChannelStats
+from ..format.stats import ChannelStats
 from .params import CROP, MAX_OFFSET, PAD, AugParams
 from .pca import normalise_affine, pca_matrix
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..stats import ChannelStats
+from ..format.stats import ChannelStats
 from . import PCA_VARIANTS
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..stats import ChannelStats
+from ..format.stats import ChannelStats
 from .params import CROP, PAD
 from .pca import pca_matrix
 

@@ -17,8 +17,8 @@ from alexpipe.lazy import lazy_exports
 BACKENDS = ("resident", "dali", "ffcv", "torchvision")
 
 # backend name -> (module, class); each module is imported only when its backend is asked for
-_CLASSES = {"resident": (".resident", "ResidentLoader"), "dali": (".dali", "DaliLoader"),
-            "ffcv": (".ffcv", "FfcvLoader"), "torchvision": (".torchvision", "TorchvisionLoader")}
+_CLASSES = {"resident": (".resident", "ResidentLoader"), "dali": (".dali.loader", "DaliLoader"),
+            "ffcv": (".ffcv.loader", "FfcvLoader"), "torchvision": (".torchvision", "TorchvisionLoader")}
 
 
 def make_loader(root: str | Path, split: str = "train", backend: str = "resident", *,

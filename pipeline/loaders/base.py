@@ -22,7 +22,7 @@ import torch
 from ..augment import PCA_VARIANTS, AugParams, ParamSource, RandomParams
 from ..augment.batched import to_layout
 from ..device import to_device
-from ..fileformat import Split, load_split
+from ..format.split import Split, load_split
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

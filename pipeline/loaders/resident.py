@@ -19,7 +19,7 @@ import torch
 
 from ..augment.batched import BatchParams, Normaliser, Scratch, Windows, augment_chunk, normalise_chunk, pca_delta
 from ..device import to_device
-from ..fileformat import Split
+from ..format.split import Split
 from .base import BaseLoader, LoaderConfig
 
 CPU_CHUNK_IMAGES = 1024  # measured on 2-core Xeons: chunks of 256-1,024 images run ~2x faster than 4,096 or more

@@ -26,7 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..augment import CROP, PAD, pca_matrix
-from ..fileformat import Split
+from ..format.split import Split
 from .base import BaseLoader, LoaderConfig
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 from .safeio import open_regular, ordinary_mode
 from .stats import ChannelStats
 

@@ -25,9 +25,9 @@ from typing import Callable
 import numpy as np
 
 from .download import OFFICIAL_MD5 as OFFICIAL_PYTHON_MD5
-from .errors import DataError
-from .hashing import file_hexdigests
-from .safe_unpickle import safe_loads
+from ..errors import DataError
+from ..hashing import file_hexdigests
+from .unpickle import safe_loads
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)

@@ -14,7 +14,7 @@ Another dtype's cast is that copy; for float32 on the CPU it is a single-threade
 wakes torch's thread pool on every batch to fight FFCV's numba threads for the
 cores (4-6x slower end to end on this 2-core machine). FFCV's own
 `NormalizeImage` is used where it has exactly the meaning (uint8 -> normalised
-float32); translate/flip/jitter are this project's ops (ffcv_ops/) because
+float32); translate/flip/jitter are this project's ops (ops/) because
 FFCV's random transforms cannot be seeded per epoch.
 
 `augment_on="device"` (the default on CUDA): the image pipeline stops after
@@ -24,10 +24,10 @@ op would read from the same table. It also runs on the CPU, which is how it is
 tested without a GPU.
 
 Order and epochs: FFCV's own orders would repeat samples across ranks (see
-ffcv_ops/order.py), so FFCV visits the shared epoch order (BaseLoader.order).
+ops/order.py), so FFCV visits the shared epoch order (BaseLoader.order).
 One FFCV Loader is built, and compiled, per FfcvLoader; each epoch sets FFCV's
 epoch counter and refills the parameter tables that the compiled ops read
-(ffcv_ops/runtime.py), and nothing is recompiled. One epoch runs at a time:
+(ops/runtime.py), and nothing is recompiled. One epoch runs at a time:
 starting an iteration closes any earlier one still running.
 
 Randomness: the parameters are the epoch's table (BaseLoader.epoch_params,
@@ -44,13 +44,13 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from ..augment import CROP, normalise_affine, pca_matrix
-from ..augment.batched import Normaliser, jitter_normalise
-from ..beton import FFCV_INSTALL, beton_path, ffcv_available
-from ..device import to_device
-from ..errors import DataError
-from ..fileformat import Split
-from .base import BaseLoader, LoaderConfig
+from ...augment import CROP, normalise_affine, pca_matrix
+from ...augment.batched import Normaliser, jitter_normalise
+from ...format.beton import FFCV_INSTALL, beton_path, ffcv_available
+from ...device import to_device
+from ...errors import DataError
+from ...format.split import Split
+from ..base import BaseLoader, LoaderConfig
 
 AUGMENT_ON = ("auto", "cpu", "device")
 
@@ -104,7 +104,7 @@ class FfcvLoader(BaseLoader):
         import numba
         from ffcv.loader import Loader
 
-        from . import ffcv_ops
+        from . import ops as ffcv_ops
 
         self._ops = ffcv_ops
         self.tables = ffcv_ops.ParamTables(len(self.split))

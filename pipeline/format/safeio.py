@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import DataError
+from ..errors import DataError
 
 
 def check_plain_name(name: object, where: str) -> str:

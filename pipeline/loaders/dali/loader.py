@@ -6,7 +6,7 @@ those of every other backend). The pipeline then runs the steps of docs/design.m
 
 - translate (step 1): `fn.slice` at (dy - 4, dx - 4), 32x32, the outside padded with 0;
 - PCA jitter (step 3): the project's own operator AlexpipePcaJitter (a native
-  plugin, see dali_build.py and pipeline/dali_plugin/), or, where it cannot be
+  plugin, see build.py and plugin/ beside this file), or, where it cannot be
   built or loaded, the same maths from DALI built-ins (`builtin_pca_jitter`);
 - flip and normalise (steps 2 and 4, and the layout of 5): one
   `fn.crop_mirror_normalize` (`mirror` = flip) to float32, CHW, or HWC, which
@@ -38,10 +38,10 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 import torch
 
-from ..augment import CROP, PAD, pca_matrix
-from ..fileformat import Split
-from . import dali_build
-from .base import BaseLoader, LoaderConfig
+from ...augment import CROP, PAD, pca_matrix
+from ...format.split import Split
+from . import build as dali_build
+from ..base import BaseLoader, LoaderConfig
 
 _warned: set[str] = set()
 

@@ -12,9 +12,9 @@ from typing import BinaryIO, Callable, Iterator
 
 from alexpipe.atomic import WriteError, write_atomic
 
-from .cache import cache_dir
-from .errors import DataError
-from .hashing import file_hexdigests
+from ..cache import cache_dir
+from ..errors import DataError
+from ..hashing import file_hexdigests
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 # The published md5 of the python version (sources.OFFICIAL_MD5 takes it from here: this

@@ -7,7 +7,7 @@ it makes against every other and, with `content`, against the bytes:
 - the manifest: a JSON object of the right format and version, naming only
   plain files of this folder (a manifest naming `/dev/zero` or `/etc/shadow`,
   or a symbolic link leading out, is refused before anything is opened);
-- each split file: its header and metadata (`fileformat.read_meta`), that it
+- each split file: its header and metadata (`split.read_meta`), that it
   holds the split its name says (files swapped or copied over each other), and
   that the manifest's record of it agrees (split, count, content_sha256);
 - across splits: the same classes, statistics, seed, val size and source;
@@ -26,8 +26,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import DataError
-from .fileformat import FORMAT_NAME, FORMAT_VERSION, SPLITS, SUFFIX, SplitMeta, read_content, read_meta
+from ..errors import DataError
+from .split import FORMAT_NAME, FORMAT_VERSION, SPLITS, SUFFIX, SplitMeta, read_content, read_meta
 from .safeio import check_plain_name, open_regular, read_limited
 
 MANIFEST = "manifest.json"

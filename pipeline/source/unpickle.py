@@ -26,7 +26,7 @@ import pickletools
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 # The largest array a CIFAR-10 batch holds: 10,000 x 3,072 uint8 pixels
 # (30,720,000 bytes), with a margin.

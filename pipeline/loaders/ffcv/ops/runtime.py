@@ -17,7 +17,7 @@ import numba
 import numpy as np
 from ffcv.utils import cast_int_to_byte_ptr
 
-from ...augment import AugParams
+from ....augment import AugParams
 
 
 class HostArray:

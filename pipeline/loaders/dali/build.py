@@ -6,7 +6,7 @@ per-user cache and reused afterwards:
     $XDG_CACHE_HOME/alexpipe/dali_plugin/<dali version>-<hash>/libalexpipe_dali.so
     (~/.cache when XDG_CACHE_HOME is unset; ALEXPIPE_CACHE_DIR overrides the folder)
 
-The hash covers the sources in pipeline/dali_plugin/ and every compiler flag,
+The hash covers the sources in plugin/ (beside this file) and every compiler flag,
 so an edited source or another toolchain gets its own build, and the DALI
 version in the name keeps a library away from a DALI it was not compiled
 against. Each build happens in a temporary folder that is renamed into place,
@@ -43,12 +43,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..cache import cache_dir
+from ...cache import cache_dir
 
 OP_NAME = "AlexpipePcaJitter"
 FN_NAME = "alexpipe_pca_jitter"
 LIB_NAME = "libalexpipe_dali.so"
-SOURCE_DIR = Path(__file__).resolve().parents[1] / "dali_plugin"
+SOURCE_DIR = Path(__file__).resolve().parent / "plugin"
 SOURCES = ("pca_jitter.h", "pca_jitter.cc", "pca_jitter.cu")
 DEFAULT_CUDA_ARCHS = ("75", "80", "86", "89", "90", "100", "120")
 

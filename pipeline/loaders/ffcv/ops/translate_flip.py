@@ -20,7 +20,7 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
 
-from ...augment import CROP, PAD
+from ....augment import CROP, PAD
 from .runtime import HostArray, int64_rows
 
 

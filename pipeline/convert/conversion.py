@@ -37,15 +37,15 @@ from alexpipe.atomic import WriteError, os_error_in, reason
 from alexpipe.lock import LockHeld, exclusive
 from alexpipe.paths import GROWS, too_long
 
-from .beton import FFCV_HINT, beton_path, ffcv_installed, write_beton
-from .errors import DataError
-from .fileformat import FORMAT_NAME, FORMAT_VERSION, SplitMeta, content_digest, fsync_dir, split_path, write_split
-from .hashing import file_hexdigests
-from .integrity import MANIFEST
-from .safeio import ordinary_mode, read_limited
-from .sampling import ShortClass, balanced_choice
-from .sources import NUM_CLASSES, RawCifar, read_cifar10
-from .stats import ChannelStats, compute_stats
+from ..format.beton import FFCV_HINT, beton_path, ffcv_installed, write_beton
+from ..errors import DataError
+from ..format.split import FORMAT_NAME, FORMAT_VERSION, SplitMeta, content_digest, fsync_dir, split_path, write_split
+from ..hashing import file_hexdigests
+from ..format.integrity import MANIFEST
+from ..format.safeio import ordinary_mode, read_limited
+from ..sampling import ShortClass, balanced_choice
+from ..source.archives import NUM_CLASSES, RawCifar, read_cifar10
+from ..format.stats import ChannelStats, compute_stats
 
 TMP_MARKER = ".alexpipe-tmp"  # inside a temporary folder while it is being written
 # What the longest name made beside --out adds to its name: the temporary folder `.<name>.tmp-<pid>-<8 random>`
@@ -58,7 +58,7 @@ def default_sources() -> list[Path]:
     places = []
     if os.environ.get("ALEXPIPE_CIFAR10"):
         places.append(Path(os.environ["ALEXPIPE_CIFAR10"]))
-    from .cache import cache_dir
+    from ..cache import cache_dir
 
     places += [Path("cifar-10-python.tar.gz"), Path("cifar-10-batches-py"),
                cache_dir() / "cifar-10-python.tar.gz"]
