@@ -34,9 +34,9 @@ def cannot_run(backend: str, data: Path) -> Optional[str]:
     if backend == "dali" and not _installed("nvidia.dali"):
         return "NVIDIA DALI is not installed (pip install 'alexpipe[dali]')"
     if backend == "ffcv":
-        from alexpipe.pipeline.format.beton import FFCV_INSTALL, beton_path, ffcv_installed
+        from alexpipe.pipeline.format.beton import FFCV_INSTALL, beton_path, ffcv_present
 
-        if not ffcv_installed():
+        if not ffcv_present():
             return f"FFCV is not installed ({FFCV_INSTALL})"
         beton = beton_path(data, "train")
         if not beton.is_file():

@@ -143,7 +143,7 @@ def build(cfg: dict[str, Any]) -> tuple[Work, Callable[[], float], Any]:
     loader = None
     if cfg["kind"] in ("loader", "train", "overhead"):
         loader = make_loader(cfg["data"], "train", cfg["backend"], device=device, batch_size=cfg["batch_size"],
-                             dtype=dtype, channels_last=cfg["channels_last"], augment=cfg["augment"],
+                             dtype=dtype, channels_last=cfg["channels_last"], augmented=cfg["augment"],
                              pca=cfg["pca"], num_workers=cfg["workers"], seed=0)
         src = _Endless(loader)
 

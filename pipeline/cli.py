@@ -109,7 +109,7 @@ def convert_cmd(
     with _one_line_errors("interrupted: --out was left as it was and the temporary files were removed"):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from .format.beton import ffcv_installed
+        from .format.beton import ffcv_present
         from .convert.conversion import convert, steps_for
 
         if seed < 0:  # before a download; convert checks it too
@@ -121,7 +121,7 @@ def convert_cmd(
         # a progress bar only on a terminal: piped or logged, it is noise (and a stray blank line)
         with Progress(TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
-            total = steps_for(ffcv_installed() if beton is None else beton)
+            total = steps_for(ffcv_present() if beton is None else beton)
             task = bar.add_task("converting", total=total)
 
             def step(what: str) -> None:

@@ -253,7 +253,7 @@ def marker_image() -> np.ndarray:
 def write_dataset(out: Path, images: np.ndarray, labels: np.ndarray, split: str = "train",
                   betons: bool = True) -> Path:
     """A converted folder holding one split of the given images, with REALISTIC_STATS in its metadata."""
-    from alexpipe.pipeline.format.beton import beton_path, ffcv_installed, write_beton
+    from alexpipe.pipeline.format.beton import beton_path, ffcv_present, write_beton
     from alexpipe.pipeline.format.split import FORMAT_VERSION, SplitMeta, content_digest, split_path, write_split
     from alexpipe.pipeline.format.stats import ChannelStats
 
@@ -265,7 +265,7 @@ def write_dataset(out: Path, images: np.ndarray, labels: np.ndarray, split: str 
                                                         "md5_official": None},
                      format_version=FORMAT_VERSION, created_utc="2026-01-01T00:00:00+00:00")
     write_split(split_path(out, split), images, labels, np.arange(len(labels)), meta)
-    if betons and ffcv_installed():
+    if betons and ffcv_present():
         write_beton(beton_path(out, split), images, labels)
     return out
 

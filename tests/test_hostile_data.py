@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 from alexpipe.cli import app
 from alexpipe.pipeline import DataError, load_split
-from alexpipe.pipeline.format.beton import ffcv_installed
+from alexpipe.pipeline.format.beton import ffcv_present
 from alexpipe.pipeline.convert.conversion import convert
 from alexpipe.pipeline.format.split import content_digest, split_path
 from alexpipe.pipeline.hashing import file_hexdigests
@@ -709,13 +709,13 @@ def test_converted_files_honour_the_umask(tmp_path, src, umask, file_mode, dir_m
     old = os.umask(umask)
     try:
         out = tmp_path / "out"
-        convert(src, out, val_size=50, allow_partial=True, betons=ffcv_installed())
+        convert(src, out, val_size=50, allow_partial=True, betons=ffcv_present())
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == dir_mode
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert set(modes.values()) == {file_mode}, modes
-    assert ("train.beton" in modes) == ffcv_installed()
+    assert ("train.beton" in modes) == ffcv_present()
 
 
 @pytest.mark.ffcv

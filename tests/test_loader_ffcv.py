@@ -91,7 +91,7 @@ def test_augmentation_depends_on_seed_epoch_and_image_only(real_data, cpu_epoch)
 
 def test_device_tail_equals_the_numba_path(real_data, cpu_epoch):
     """The GPU path (jitter + normalise as torch ops after ToDevice), run on the CPU."""
-    loader = make_loader(real_data, "train", "ffcv", augment_on="device", batch_size=64, indices=np.arange(640),
+    loader = make_loader(real_data, "train", "ffcv", jitter_on="device", batch_size=64, indices=np.arange(640),
                          seed=9)
     tail = by_position(loader, 3)
     assert tail.keys() == cpu_epoch.keys()
@@ -103,7 +103,7 @@ def test_device_tail_equals_the_numba_path(real_data, cpu_epoch):
 def test_device_tail_equals_the_reference_on_given_params(real_data, variant):
     split = load_split(real_data, "train")
     params = AugParams.random(len(split), 0.5, np.random.default_rng(5))
-    loader = make_loader(real_data, "train", "ffcv", augment_on="device", batch_size=100, pca=variant,
+    loader = make_loader(real_data, "train", "ffcv", jitter_on="device", batch_size=100, pca=variant,
                          param_source=FixedParams(params), indices=np.arange(300), channels_last=True)
     for x, y, positions in batches_with_positions(loader):
         assert x.is_contiguous(memory_format=torch.channels_last)

@@ -356,7 +356,7 @@ def _evaluate(checkpoint_path: Path, data: Path, split: str, loader: str, batch_
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(f"{checkpoint_path}: its weights do not fit the {r.model} network ({first})") from None
     net = feed(net, r.inputs, meta.stats.std)
-    ld = make_loader(data, split, loader, device=dev, batch_size=batch_size, augment=False,
+    ld = make_loader(data, split, loader, device=dev, batch_size=batch_size, augmented=False,
                      dtype=amp_dtype or torch.float32, channels_last=dev.type == "cuda")
     return evaluate(net, ld, amp_dtype, r.tta_flip if tta_flip is None else tta_flip, len(classes)), classes, \
         ckpt["epoch"]

@@ -115,9 +115,9 @@ def fit(opt: RunOptions) -> dict[str, Any]:
             if opt.resume:
                 resume(run)
             record_config(run)
-            train(run)
+            train_epochs(run)
             return finish(run)
-    except Interrupted as exc:  # before the first step or after the last (train() handles its own)
+    except Interrupted as exc:  # before the first step or after the last (train_epochs handles its own)
         kept = run.books.close(interrupted=True) if run.books is not None else 0
         if kept:
             done = f"after training; {run.out / 'last.pt'} holds the end of epoch {kept}"
@@ -418,7 +418,7 @@ def record_config(run: Run) -> None:
         raise TrainingError(f"cannot write the run folder {run.out}: {exc.strerror or exc}") from None
 
 
-def train(run: Run) -> None:
+def train_epochs(run: Run) -> None:
     """The epochs: train, validate, step the schedule, keep what an epoch's end must keep. A Ctrl-C stops between
     two steps; on the way out, for whatever reason, the last finished epoch is written (`Books.close`)."""
     r, world = run.recipe, run.world

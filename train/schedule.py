@@ -39,7 +39,7 @@ class Schedule:
         else:
             total = max(1, r.epochs * steps_per_epoch)
             warm = min(total - 1, int(round(r.warmup_epochs * steps_per_epoch)))
-            self.sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _one_cycle(warm, total))
+            self.sched = torch.optim.lr_scheduler.LambdaLR(optimizer, OneCycle(warm, total))
 
     def after_step(self) -> None:
         if self.kind == "onecycle":
@@ -86,7 +86,7 @@ class Schedule:
         s._last_lr = [lr for _ in self.optimizer.param_groups]
 
 
-class _one_cycle:
+class OneCycle:
     """Multiplier: linear warm-up from 1/warm to 1 over `warm` steps, then half a cosine to 0.
 
     A class, not a closure, so LambdaLR's state_dict can carry it.

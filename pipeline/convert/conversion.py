@@ -37,7 +37,7 @@ from alexpipe.atomic import WriteError, os_error_in, reason
 from alexpipe.lock import LockHeld, exclusive
 from alexpipe.paths import GROWS, too_long
 
-from ..format.beton import FFCV_HINT, beton_path, ffcv_installed, write_beton
+from ..format.beton import FFCV_HINT, beton_path, ffcv_present, write_beton
 from ..errors import DataError
 from ..format.split import FORMAT_NAME, FORMAT_VERSION, SplitMeta, content_digest, fsync_dir, split_path, write_split
 from ..hashing import file_hexdigests
@@ -126,10 +126,10 @@ def convert(source: Path, out: Path, *, val_size: int = 10_000, seed: int = 0,
     target = _resolve_out(out)
     _refuse_overlap(Path(source).expanduser(), target, out)
     notes: list[str] = []
-    want_betons = ffcv_installed() if betons is None else betons
+    want_betons = ffcv_present() if betons is None else betons
     if betons is None and not want_betons:
         notes.append(FFCV_HINT)
-    if betons and not ffcv_installed():
+    if betons and not ffcv_present():
         raise DataError(FFCV_HINT.replace("so no .beton files were written", "so --beton cannot be honoured"))
 
     with _exclusive(target, out):

@@ -46,7 +46,9 @@ RAW_IMAGE_MODE = 1  # FFCV's IMAGE_MODES["raw"] ("jpg" is 0)
 METADATA_TYPE = np.dtype([("", md) for _, _, md in FIELDS], align=True)
 
 
-def ffcv_available() -> bool:
+def ffcv_works() -> bool:
+    """Whether FFCV imports, with everything it needs underneath (numba, OpenCV): what reading a .beton takes.
+    Slow (seconds, ~900 MB): `ffcv_present` answers whether it is there at all without importing it."""
     try:
         import ffcv.writer  # noqa: F401
     except Exception:  # ImportError, or a broken numba/opencv underneath
@@ -54,8 +56,9 @@ def ffcv_available() -> bool:
     return True
 
 
-def ffcv_installed() -> bool:
-    """Whether FFCV is installed, without importing it (which takes seconds and ~900 MB)."""
+def ffcv_present() -> bool:
+    """Whether FFCV is installed, without importing it (which takes seconds and ~900 MB): enough to decide
+    whether to write .beton files, not to promise they can be read (`ffcv_works`)."""
     return importlib.util.find_spec("ffcv") is not None
 
 

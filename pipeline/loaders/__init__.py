@@ -26,9 +26,9 @@ def make_loader(root: str | Path, split: str = "train", backend: str = "resident
     """A loader over `root/<split>` with the named backend.
 
     Options are the fields of `LoaderConfig` (batch_size, dtype, channels_last,
-    pca, pca_sigma, augment, seed, shuffle, drop_last, rank, world_size,
+    pca, pca_sigma, augmented, seed, shuffle, drop_last, rank, world_size,
     num_workers, indices, param_source) plus the backend's own: dali
-    `use_plugin`, `plugin_path`; ffcv `augment_on`. An option the backend
+    `use_plugin`, `plugin_path`; ffcv `jitter_on`. An option the backend
     does not take is a ValueError.
     """
     import torch

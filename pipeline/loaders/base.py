@@ -37,7 +37,7 @@ class LoaderConfig:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     channels_last: bool = False
-    augment: Optional[bool] = None  # default: train split only
+    augmented: Optional[bool] = None  # default: the train split only
     pca: str = "blog"  # blog | paper | off
     pca_sigma: float = 0.1
     seed: int = 0
@@ -53,7 +53,7 @@ class LoaderConfig:
         self.root = Path(self.root)
         self.device = torch.device(self.device)
         is_train = self.split == "train"
-        self.augment = is_train if self.augment is None else self.augment
+        self.augmented = is_train if self.augmented is None else self.augmented
         self.shuffle = is_train if self.shuffle is None else self.shuffle
         self.drop_last = is_train if self.drop_last is None else self.drop_last
         if self.pca not in PCA_VARIANTS:
@@ -71,7 +71,7 @@ class LoaderConfig:
 
     @property
     def jitter(self) -> bool:
-        return self.augment and self.pca != "off"
+        return self.augmented and self.pca != "off"
 
 
 def epoch_order(positions: np.ndarray, seed: int, epoch: int, shuffle: bool, rank: int, world_size: int,

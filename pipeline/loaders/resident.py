@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from ..augment.batched import BatchParams, Normaliser, Scratch, Windows, augment_chunk, normalise_chunk, pca_delta
+from ..augment.batched import BatchParams, DeviceStats, Scratch, Windows, augment_chunk, normalise_chunk, pca_delta
 from ..device import to_device
 from ..format.split import Split
 from .base import BaseLoader, LoaderConfig
@@ -33,13 +33,13 @@ class ResidentLoader(BaseLoader):
         super().__init__(cfg, split)
         dev = cfg.device
         images = self.split.images.to(dev)  # one transfer, then a device-side rearrangement
-        if cfg.augment:
+        if cfg.augmented:
             self.windows: Optional[Windows] = Windows(images)
             self.planes = None
         else:
             self.windows, self.planes = None, images.permute(0, 3, 1, 2).contiguous()
         del images
-        self.norm = Normaliser(self.split.meta.stats, cfg.pca, dev)
+        self.norm = DeviceStats(self.split.meta.stats, cfg.pca, dev)
         self._kept: Optional[tuple[list[torch.Tensor], list[torch.Tensor]]] = None  # eval: the batches, once
         self._scratch: Optional[Scratch] = None
 
@@ -52,7 +52,7 @@ class ResidentLoader(BaseLoader):
         return max(1, round(CPU_CHUNK_IMAGES / b)) * b
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        if self.cfg.augment or self.cfg.shuffle:
+        if self.cfg.augmented or self.cfg.shuffle:
             yield from self._epoch()
             return
         if self._kept is None:  # an evaluation split: the same batches every epoch, made once

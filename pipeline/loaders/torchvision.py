@@ -79,7 +79,7 @@ class _EpochSampler(Sampler):
 
     def __iter__(self):
         order = self.loader.order()
-        if not self.loader.cfg.augment:
+        if not self.loader.cfg.augmented:
             return iter([(int(pos),) for pos in order])
         p = self.loader.epoch_params().take(order)
         return iter(zip(order.tolist(), p.dx.tolist(), p.dy.tolist(), p.flip.tolist(), *p.alpha.T.tolist()))

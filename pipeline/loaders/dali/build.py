@@ -118,7 +118,7 @@ def nvcc_arch_flags(archs: Sequence[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class _Recipe:
+class _BuildCommands:
     """The commands of one build, with {src}/{out} placeholders, so they can be hashed before running."""
 
     cxx: list[str]
@@ -130,7 +130,7 @@ class _Recipe:
         return self.nvcc is not None
 
 
-def _recipe(cuda_home: Optional[Path], with_cuda: Optional[bool]) -> _Recipe:
+def _build_commands(cuda_home: Optional[Path], with_cuda: Optional[bool]) -> _BuildCommands:
     from nvidia.dali import sysconfig
 
     if with_cuda is None:
@@ -148,7 +148,7 @@ def _recipe(cuda_home: Optional[Path], with_cuda: Optional[bool]) -> _Recipe:
                 *nvcc_arch_flags(cuda_archs()), "-c", "{src}", "-o", "{out}"]
         lib64 = cuda_home / "lib64"
         link += [f"-L{lib64}", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
-    return _Recipe(cxx, nvcc, link)
+    return _BuildCommands(cxx, nvcc, link)
 
 
 def source_hash(source_dir: Path, recipe_parts: Sequence[Sequence[str]] = ()) -> str:
@@ -199,7 +199,7 @@ def build_plugin(*, source_dir: Optional[Path] = None, cache_dir: Optional[Path]
     source_dir = Path(source_dir) if source_dir is not None else SOURCE_DIR
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
     cuda_home = cuda_home if cuda_home is not None else find_cuda_home()
-    recipe = _recipe(cuda_home, with_cuda)
+    recipe = _build_commands(cuda_home, with_cuda)
     key = source_hash(source_dir, [recipe.cxx, recipe.nvcc or [], recipe.link])
     final = cache_dir / f"{dali_version()}-{key}"
     lib = final / LIB_NAME

@@ -144,7 +144,7 @@ class DaliLoader(BaseLoader):
         from nvidia.dali import fn, types
 
         c = self.cfg
-        if c.augment:
+        if c.augmented:
             images, offsets, flips, alpha = fn.external_source(
                 source=source, num_outputs=4, batch=True, batch_info=True,
                 layout=["HWC", "", "", ""], dtype=[types.UINT8, types.INT32, types.INT32, types.FLOAT])
@@ -152,7 +152,7 @@ class DaliLoader(BaseLoader):
             images = fn.external_source(source=source, batch=True, batch_info=True, layout="HWC",
                                         dtype=types.UINT8)
         x = images.gpu() if self.gpu else images
-        if c.augment:
+        if c.augmented:
             # offsets are (dy, dx) into the zero-padded image: start PAD earlier in the unpadded one
             x = fn.slice(x, start=offsets - PAD, shape=[CROP, CROP], axis_names="HW",
                          out_of_bounds_policy="pad", fill_values=0)
@@ -161,7 +161,7 @@ class DaliLoader(BaseLoader):
                      else builtin_pca_jitter(x, alpha, self.matrix, self.gpu))
         # the flip is crop_mirror_normalize's `mirror`: one pass fewer than fn.flip, and exactly the same
         # result, since the jitter adds the same delta to every pixel (it commutes with any permutation)
-        mirror = {"mirror": flips} if c.augment else {}
+        mirror = {"mirror": flips} if c.augmented else {}
         return fn.crop_mirror_normalize(x, mean=self.mean, std=self.std, dtype=types.FLOAT,
                                         output_layout="HWC" if c.channels_last else "CHW", **mirror)
 
@@ -198,7 +198,7 @@ class DaliLoader(BaseLoader):
         batches = len(self)
         if batches == 0:
             return
-        self._feed = (self.order(), self.epoch_params() if c.augment else None, batches)
+        self._feed = (self.order(), self.epoch_params() if c.augmented else None, batches)
         pipe = self._pipeline()
         self._finished = False
         for k in range(batches):

@@ -1,6 +1,6 @@
 """The FFCV backend: an FFCV `Loader` over the split's `.beton`, the augmentation as FFCV Operations.
 
-Pipelines (`augment_on="cpu"`, the default off CUDA; all numba, `num_workers` threads):
+Pipelines (`jitter_on="cpu"`, the default off CUDA; all numba, `num_workers` threads):
 
     image  SimpleRGBImageDecoder -> TranslateFlip -> PCAJitterNormalise   train
            SimpleRGBImageDecoder -> TranslateFlip -> NormalizeImage       train, pca="off"
@@ -17,7 +17,7 @@ cores (4-6x slower end to end on this 2-core machine). FFCV's own
 float32); translate/flip/jitter are this project's ops (ops/) because
 FFCV's random transforms cannot be seeded per epoch.
 
-`augment_on="device"` (the default on CUDA): the image pipeline stops after
+`jitter_on="device"` (the default on CUDA): the image pipeline stops after
 TranslateFlip -> ToTensor -> ToDevice, and the jitter + normalisation run on
 the device as batched torch ops (augment/batched.py), with the alphas the CPU
 op would read from the same table. It also runs on the CPU, which is how it is
@@ -45,14 +45,14 @@ import numpy as np
 import torch
 
 from ...augment import CROP, normalise_affine, pca_matrix
-from ...augment.batched import Normaliser, jitter_normalise
-from ...format.beton import FFCV_INSTALL, beton_path, ffcv_available
+from ...augment.batched import DeviceStats, jitter_normalise
+from ...format.beton import FFCV_INSTALL, beton_path, ffcv_works
 from ...device import to_device
 from ...errors import DataError
 from ...format.split import Split
 from ..base import BaseLoader, LoaderConfig
 
-AUGMENT_ON = ("auto", "cpu", "device")
+JITTER_ON = ("auto", "cpu", "device")
 
 
 def check_beton(path: Path, split: Split) -> None:
@@ -63,7 +63,7 @@ def check_beton(path: Path, split: Split) -> None:
     load silently. Labels are compared in full; pixels are not
     (that would read the whole file).
     """
-    if not ffcv_available():
+    if not ffcv_works():
         raise DataError(f"the ffcv backend needs FFCV, which is not importable here: {FFCV_INSTALL}, then run "
                         "`alexpipe convert` again to write the .beton files")
     if not path.exists():
@@ -91,13 +91,13 @@ def check_beton(path: Path, split: Split) -> None:
 
 
 class FfcvLoader(BaseLoader):
-    """See the module docstring; `augment_on` chooses where steps 3-4 run: "cpu" (numba), "device" (torch)."""
+    """See the module docstring; `jitter_on` chooses where steps 3-4 run: "cpu" (numba), "device" (torch)."""
 
-    def __init__(self, cfg: LoaderConfig, split: Optional[Split] = None, augment_on: str = "auto"):
+    def __init__(self, cfg: LoaderConfig, split: Optional[Split] = None, jitter_on: str = "auto"):
         super().__init__(cfg, split)
-        if augment_on not in AUGMENT_ON:
-            raise ValueError(f"augment_on must be one of {', '.join(AUGMENT_ON)}, got {augment_on!r}")
-        self.on_device = augment_on == "device" or (augment_on == "auto" and cfg.device.type == "cuda")
+        if jitter_on not in JITTER_ON:
+            raise ValueError(f"jitter_on must be one of {', '.join(JITTER_ON)}, got {jitter_on!r}")
+        self.on_device = jitter_on == "device" or (jitter_on == "auto" and cfg.device.type == "cuda")
         path = beton_path(cfg.root, cfg.split)
         check_beton(path, self.split)
 
@@ -108,7 +108,7 @@ class FfcvLoader(BaseLoader):
 
         self._ops = ffcv_ops
         self.tables = ffcv_ops.ParamTables(len(self.split))
-        self.norm = Normaliser(self.split.meta.stats, cfg.pca, cfg.device) if self.on_device else None
+        self.norm = DeviceStats(self.split.meta.stats, cfg.pca, cfg.device) if self.on_device else None
         # numba refuses more threads than it started with (its default: the CPU count)
         self.threads = max(1, min(cfg.num_workers, numba.config.NUMBA_NUM_THREADS))
         self._live = None
@@ -125,7 +125,7 @@ class FfcvLoader(BaseLoader):
 
         c, ops, stats = self.cfg, self._ops, self.split.meta.stats
         pipeline = [SimpleRGBImageDecoder()]
-        if c.augment:
+        if c.augmented:
             pipeline.append(ops.TranslateFlip(self.tables.geometry))
         if self.on_device:
             return pipeline + [ToTensor(), ToDevice(c.device, non_blocking=True)]
@@ -142,7 +142,7 @@ class FfcvLoader(BaseLoader):
     def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         c = self.cfg
         self._stop(self._live)  # no FFCV thread may read the tables while they are refilled
-        if c.augment:
+        if c.augmented:
             self.tables.fill(self.epoch_params())
         self._ffcv.next_epoch = self.epoch  # FFCV asks its traversal order for this epoch
         epoch_iter = self._live = iter(self._ffcv)
