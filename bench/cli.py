@@ -13,22 +13,18 @@ folder behind (bench/stopping.py).
 from __future__ import annotations
 
 import socket
-from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
+from alexpipe.choices import choice
 from alexpipe.pipeline.augment import PCA_VARIANTS
 from alexpipe.pipeline.loaders import BACKENDS
 from alexpipe.terminal import console, fail, literal, note
 from alexpipe.train.hardware import DEVICES
 
 from .options import DTYPES, KINDS, Options, check_numbers, resolve_workers
-
-
-def _choice(name: str, values) -> type[Enum]:
-    return Enum(name, {v: v for v in values}, type=str)
 
 
 def check_data(data: Path) -> None:
@@ -128,7 +124,7 @@ def _show(doc: dict, out: Optional[Path]) -> None:
             terminal.print(f"wrote {literal(p)}")
 
 
-What = _choice("What", KINDS)
+What = choice("What", KINDS)
 
 
 def bench_cmd(
@@ -147,14 +143,14 @@ def bench_cmd(
     workers: Optional[int] = typer.Option(None, show_default=False,
                                           help="torchvision DataLoader workers; DALI / FFCV threads [default: the "
                                                "CPU cores this process may use; more are capped there]."),
-    dtype: _choice("Dtype", DTYPES) = typer.Option("bf16", help="Batch dtype (and autocast dtype for train)."),
+    dtype: choice("Dtype", DTYPES) = typer.Option("bf16", help="Batch dtype (and autocast dtype for train)."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
                                                  help="Memory format [default: on for CUDA, off on CPU]."),
     both_layouts: bool = typer.Option(False, "--both-layouts",
                                       help="Measure every configuration in both memory formats (contiguous NCHW and "
                                            "channels_last), side by side in the same rounds; overrides "
                                            "--channels-last."),
-    device: _choice("Device", DEVICES) = typer.Option("auto", help="auto: a GPU when there is one."),
+    device: choice("Device", DEVICES) = typer.Option("auto", help="auto: a GPU when there is one."),
     compile: bool = typer.Option(False, "--compile/--no-compile",
                                  help="torch.compile the training step of train and the model-only ceiling, as "
                                       "`alexpipe train --compile` does (overhead always measures both)."),
@@ -163,7 +159,7 @@ def bench_cmd(
                                                     "train` does [default: wherever train would: CUDA with bf16 or "
                                                     "fp32]."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Training augmentation on or off."),
-    pca: _choice("Pca", PCA_VARIANTS) = typer.Option("blog", help="PCA jitter variant with --augment."),
+    pca: choice("Pca", PCA_VARIANTS) = typer.Option("blog", help="PCA jitter variant with --augment."),
     duration: float = typer.Option(4.0, help="Seconds per timed window."),
     repeats: int = typer.Option(5, help="Timed rounds (every configuration once per round)."),
     warmup: float = typer.Option(3.0, help="Seconds of warm-up per configuration (compiling loaders also get "

@@ -35,9 +35,12 @@ GRACE_SECONDS = 1.0  # after SIGTERM, how long a stopped worker may take before 
 QUIT_SECONDS = 30.0  # how long a finished worker may take to exit after "quit" (its loader shuts down)
 
 
+WORKER = ("-m", "alexpipe.bench.worker")  # the program a configuration's process runs
+
+
 @dataclass(frozen=True)
 class Config:
-    kind: str  # loader | train | model | overhead | fake
+    kind: str  # loader | train | model | overhead
     backend: str = ""  # resident | dali | ffcv | torchvision ("" for model)
     batch_size: int = 128
     workers: int = 2
@@ -47,8 +50,6 @@ class Config:
     augment: bool = True
     pca: str = "blog"
     data: str = ""
-    rate: float = 0.0  # fake only: images/s
-    fail: str = ""  # fake only: fail at setup with this message
     compile: bool = False  # torch.compile the step
     capture: Optional[bool] = None  # capture the step in a CUDA graph: None = wherever the trainer would
 
@@ -79,7 +80,7 @@ class Outcome:
 class Worker:
     """A configuration's process: built at start, ready after `warm_up`, then one timed window per `measure`."""
 
-    def __init__(self, cfg: Config, warmup_seconds: float, log_dir: Path):
+    def __init__(self, cfg: Config, warmup_seconds: float, log_dir: Path, program: tuple[str, ...] = WORKER):
         self.cfg = cfg
         self.log = open(log_dir / (cfg.id.replace("/", "_") + f"-{id(self):x}.log"), "w+")
         payload = {**asdict(cfg), "warmup_seconds": warmup_seconds, "parent": os.getpid(),
@@ -92,7 +93,7 @@ class Worker:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                "TMPDIR": str(scratch)}
         # start_new_session: the worker leads a process group of its own, which `stop` ends whole
-        self.proc = subprocess.Popen([sys.executable, "-m", "alexpipe.bench.worker", json.dumps(payload)], cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, *program, json.dumps(payload)], cwd=ROOT,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      env=env, start_new_session=True)
 
@@ -193,7 +194,8 @@ def stop_all(workers: list[Worker], graceful: bool) -> None:
 
 def run(configs: list[Config], repeats: int = 5, duration: float = 4.0, settle: int = 10,
         warmup_seconds: float = 3.0, on_event: Callable[[str], None] = lambda msg: None,
-        on_built: Callable[[list[Outcome]], None] = lambda outcomes: None) -> list[Outcome]:
+        on_built: Callable[[list[Outcome]], None] = lambda outcomes: None,
+        program: tuple[str, ...] = WORKER) -> list[Outcome]:
     """Build every configuration in its own process (all at once), then warm each up and time `repeats`
     round-robin rounds.
 
@@ -201,6 +203,7 @@ def run(configs: list[Config], repeats: int = 5, duration: float = 4.0, settle: 
     build) its configuration, before anything is warmed up or timed: raising
     there stops the benchmark, and every worker with it. Whatever ends `run`,
     an exception or a signal's included, no worker process outlives it.
+    `program`: what each worker process runs (bench/worker.py's protocol).
     """
     outcomes = [Outcome(c) for c in configs]
     workers: list[Worker] = []
@@ -208,7 +211,7 @@ def run(configs: list[Config], repeats: int = 5, duration: float = 4.0, settle: 
         try:
             on_event(f"starting {len(configs)} configuration(s)")
             for c in configs:
-                workers.append(Worker(c, warmup_seconds, Path(logs)))
+                workers.append(Worker(c, warmup_seconds, Path(logs), program))
             live: list[Optional[Worker]] = []
             for out, w in zip(outcomes, workers):
                 on_event(f"building {out.config.id}")
@@ -322,7 +325,7 @@ def _baseline(c: Config, baseline_backend: str) -> Optional[str]:
     """What a configuration is compared with: the torchvision loader, or (overhead) the same step uncompiled."""
     if c.kind == "overhead":
         return replace(c, compile=False).id
-    return replace(c, backend=baseline_backend).id if c.kind in ("loader", "train", "fake") else None
+    return replace(c, backend=baseline_backend).id if c.kind in ("loader", "train") else None
 
 
 def _overhead(o: Outcome, base: Optional[Outcome]) -> dict[str, Any]:

@@ -11,8 +11,9 @@ Kinds: "loader" (a backend alone), "train" (loader + full training step:
 train.step's, the step `alexpipe train` runs), "model" (that step on one fixed
 batch: the ceiling no loader can beat), "overhead" (that step with the network
 replaced by a near-zero-cost one: the host's cost per step, and the operations
-it dispatches), and "fake" (a calibrated loader that sleeps, to test the
-harness itself). The step is built as `alexpipe train` builds it for the same
+it dispatches). `main` takes the function that builds a configuration, so that
+another program (the tests' loaders of known speed) can speak the same
+protocol. The step is built as `alexpipe train` builds it for the same
 flags: `compile` compiles it, `capture` (None: wherever the trainer would)
 records it in a CUDA graph, and on CUDA cuDNN picks its algorithms by
 benchmarking, as in training.
@@ -41,7 +42,7 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _Endless:
+class Endless:
     """Batches forever: a new epoch (set_epoch) whenever one ends."""
 
     def __init__(self, loader):
@@ -56,28 +57,6 @@ class _Endless:
             self.loader.set_epoch(self.epoch)
             self.it = iter(self.loader)
             return next(self.it)
-
-
-class _FakeLoader:
-    """Yields a fixed batch at `rate` images/s (sleeping): a loader of known speed."""
-
-    def __init__(self, rate: float, batch_size: int, batches: int = 50):
-        import torch
-
-        self.rate, self.batch_size, self.batches = rate, batch_size, batches
-        self.x = torch.zeros(batch_size, 3, 32, 32)
-        self.y = torch.zeros(batch_size, dtype=torch.int64)
-
-    def set_epoch(self, epoch: int) -> None:
-        pass
-
-    def __len__(self) -> int:
-        return self.batches
-
-    def __iter__(self):
-        for _ in range(self.batches):
-            time.sleep(self.batch_size / self.rate)
-            yield self.x, self.y
 
 
 def _tiny_net():
@@ -128,12 +107,6 @@ def build(cfg: dict[str, Any]) -> tuple[Work, Callable[[], float], Any]:
     device)."""
     import torch
 
-    if cfg["kind"] == "fake":
-        if cfg.get("fail"):
-            raise RuntimeError(cfg["fail"])
-        src = _Endless(_FakeLoader(cfg["rate"], cfg["batch_size"]))
-        return Work(lambda: len(src.next()[1])), (lambda: 0.0), torch.device("cpu")
-
     from alexpipe.pipeline import make_loader
 
     device = torch.device(cfg["device"])
@@ -145,7 +118,7 @@ def build(cfg: dict[str, Any]) -> tuple[Work, Callable[[], float], Any]:
         loader = make_loader(cfg["data"], "train", cfg["backend"], device=device, batch_size=cfg["batch_size"],
                              dtype=dtype, channels_last=cfg["channels_last"], augmented=cfg["augment"],
                              pca=cfg["pca"], num_workers=cfg["workers"], seed=0)
-        src = _Endless(loader)
+        src = Endless(loader)
 
         def next_batch():
             t = time.perf_counter()
@@ -228,7 +201,11 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def main() -> None:
+Build = Callable[[dict[str, Any]], tuple[Work, Callable[[], float], Any]]
+
+
+def main(build: Build = build) -> None:
+    """The worker's side of the harness's protocol, for the configuration in argv[1], made by `build`."""
     cfg = json.loads(sys.argv[1])
     _die_with_parent(cfg.get("parent", os.getppid()))
     signal.signal(signal.SIGTERM, _exit_on_sigterm)

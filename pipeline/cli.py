@@ -25,6 +25,7 @@ from alexpipe.terminal import console, fail, literal, note
 from .cache import cache_dir
 from .source.download import OFFICIAL_MD5, OFFICIAL_URL
 from .errors import DataError
+from .sampling import seed_problem
 
 INTERRUPTED = 130  # the shell's status for a process stopped by Ctrl-C
 
@@ -112,8 +113,8 @@ def convert_cmd(
         from .format.beton import ffcv_present
         from .convert.conversion import convert, steps_for
 
-        if seed < 0:  # before a download; convert checks it too
-            fail(f"--seed must be a non-negative integer, got {seed}")
+        if seed_problem(seed):  # before a download
+            fail(seed_problem(seed))
         if download_dir is not None:
             check_fits("--download-dir", download_dir, grows=GROWS)
         src = _resolve_source(source, use_download, url, md5, download_dir)
@@ -170,7 +171,8 @@ def info_cmd(
 ) -> None:
     """Show what a converted folder holds and check its integrity."""
     with _one_line_errors("interrupted"):
-        from .format.split import SPLITS, split_path
+        from .constants import SPLITS
+        from .format.split import split_path
         from .format.integrity import read_manifest, recorded_splits, verify_dataset
 
         check_fits("DATA", data, grows=GROWS)

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def seed_problem(seed: int, below: Optional[int] = None) -> Optional[str]:
+    """Why `seed` cannot seed alexpipe's draws, as the line a user reads (None: it can). `below`: the bound
+    where numpy's legacy seeding (32 bits) is used, as training does."""
+    if seed < 0:
+        return f"--seed must be a non-negative integer, got {seed}"
+    if below is not None and seed >= below:
+        return f"--seed must be below 2**32 = {below:,} (numpy's seeds are 32-bit), got {seed}"
+    return None
 
 
 class ShortClass(ValueError):
@@ -20,6 +33,8 @@ def balanced_choice(labels: np.ndarray, per_class: int, rng: np.random.Generator
     ShortClass when a class has fewer than `per_class + leave` images (`leave`:
     how many must remain unchosen).
     """
+    import numpy as np  # here, not above: the command line imports this module for `seed_problem`
+
     chosen = []
     for c in range(num_classes):
         idx = np.flatnonzero(labels == c)

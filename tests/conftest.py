@@ -88,6 +88,13 @@ def assert_matches_reference(x, split, positions, params, variant: str, atol: fl
     np.testing.assert_allclose(x.float().cpu().numpy(), ref, rtol=rtol, atol=atol)
 
 
+def read_jsonl(path) -> list[dict]:
+    """The records of a JSON-lines file (metrics.jsonl)."""
+    import json
+
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def one_error(res, *fragments: str, code: int = 1) -> str:
     """A CLI result (typer's CliRunner) that failed with status `code` and exactly one `error:` line holding every
     fragment, with no traceback: what every refused input must look like."""

@@ -9,25 +9,25 @@ from PIL import Image
 
 from alexpipe.bench import harness, report
 
+import fake_worker
+
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema comes with the dev extra")
 
 
-def _doc(outcomes, baseline="slow"):
+def _doc(outcomes, baseline="slow-1500"):
     settings = {"repeats": 3, "duration": 1.0, "settle": 2, "warmup_seconds": 0.2, "device": "cpu", "dtype": "fp32",
                 "channels_last": False, "augment": True, "pca": "blog", "workers": 0, "batch_sizes": [64],
-                "backends": ["slow", "fast"]}
+                "backends": ["slow-1500", "fast-6000"]}
     return report.document(harness.summarise(outcomes, baseline_backend=baseline), settings)
 
 
 @pytest.mark.slow
 def test_fake_loaders_of_known_speed_order_and_ratio(tmp_path):
-    configs = [harness.Config(kind="fake", backend="slow", batch_size=64, rate=1500.0),
-               harness.Config(kind="fake", backend="fast", batch_size=64, rate=6000.0),
-               harness.Config(kind="fake", backend="broken", batch_size=64, fail="DALI is not installed")]
-    outcomes = harness.run(configs, repeats=3, duration=1.0, settle=2, warmup_seconds=0.2)
+    configs = [harness.Config(kind="loader", backend=b, batch_size=64) for b in ("slow-1500", "fast-6000", "no-dali")]
+    outcomes = harness.run(configs, repeats=3, duration=1.0, settle=2, warmup_seconds=0.2, program=fake_worker.PROGRAM)
     doc = _doc(outcomes)
     res = {r["backend"]: r for r in doc["results"]}
-    slow, fast, broken = res["slow"], res["fast"], res["broken"]
+    slow, fast, broken = res["slow-1500"], res["fast-6000"], res["no-dali"]
     assert len(slow["samples"]) == len(fast["samples"]) == 3
     assert fast["images_per_s"]["median"] > slow["images_per_s"]["median"]
     assert fast["ratio"]["median"] == pytest.approx(4.0, rel=0.25)
@@ -41,12 +41,12 @@ def test_fake_loaders_of_known_speed_order_and_ratio(tmp_path):
     assert [p.name for p in paths] == ["bench.json", "bench.md", "bench.png"]
     assert json.loads(paths[0].read_text()) == json.loads(json.dumps(doc))
     md = paths[1].read_text()
-    assert "| fake/fast/b64 |" in md and "unavailable" in md and "4." in md
+    assert "| loader/fast-6000/b64 |" in md and "unavailable" in md and "4." in md
     assert Image.open(paths[2]).size[0] > 500
 
 
 def test_schema_rejects_a_malformed_document():
-    outcomes = [harness.Outcome(harness.Config(kind="fake", backend="slow", batch_size=8),
+    outcomes = [harness.Outcome(harness.Config(kind="loader", backend="slow-1500", batch_size=8),
                                 samples=[{"round": 0, "images": 8, "seconds": 0.1, "images_per_s": 80.0,
                                           "wait_fraction": 0.0}])]
     doc = _doc(outcomes)

@@ -21,6 +21,8 @@ from alexpipe.bench import harness, output, report
 from alexpipe.bench.options import resolve_workers, usable_cores
 from alexpipe.cli import app
 
+import fake_worker
+
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ["--duration", "0.2", "--repeats", "1", "--warmup", "0", "--settle", "1"]
 
@@ -108,7 +110,7 @@ def test_an_out_on_a_full_file_system_is_refused_up_front(small_data, small_fs):
 
 
 def _fake_doc() -> dict:
-    outcomes = [harness.Outcome(harness.Config(kind="fake", backend=b, batch_size=8),
+    outcomes = [harness.Outcome(harness.Config(kind="loader", backend=b, batch_size=8),
                                 samples=[{"round": 0, "images": 8, "seconds": 0.1, "images_per_s": 80.0,
                                           "wait_fraction": 0.0}]) for b in ("torchvision", "resident")]
     return report.document(harness.summarise(outcomes), {"repeats": 1, "duration": 0.1, "settle": 0,
@@ -173,8 +175,7 @@ def test_a_default_backend_that_cannot_run_on_the_folder_is_skipped_with_a_note(
 def test_every_configuration_is_built_before_any_is_warmed_up(tmp_path):
     """A configuration that fails to build is known before the first warm-up, and `on_built` can stop the run
     there; no worker outlives it."""
-    configs = [harness.Config(kind="fake", backend="slow", batch_size=8, rate=100.0),
-               harness.Config(kind="fake", backend="broken", batch_size=8, fail="cannot read this folder")]
+    configs = [harness.Config(kind="loader", backend=b, batch_size=8) for b in ("slow-100", "unreadable")]
     events, seen = [], []
 
     class Stop(Exception):
@@ -185,9 +186,10 @@ def test_every_configuration_is_built_before_any_is_warmed_up(tmp_path):
         raise Stop
 
     with pytest.raises(Stop):
-        harness.run(configs, repeats=1, duration=0.1, warmup_seconds=30, on_event=events.append, on_built=on_built)
-    assert seen[0] == ("slow", True, None)
-    assert seen[1][:2] == ("broken", False) and "cannot read this folder" in seen[1][2]
+        harness.run(configs, repeats=1, duration=0.1, warmup_seconds=30, on_event=events.append, on_built=on_built,
+                    program=fake_worker.PROGRAM)
+    assert seen[0] == ("slow-100", True, None)
+    assert seen[1][:2] == ("unreadable", False) and "cannot read this folder" in seen[1][2]
     assert not any(e.startswith(("warming", "round")) for e in events), events
     assert _bench_workers() == []
 

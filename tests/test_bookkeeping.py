@@ -14,10 +14,11 @@ from alexpipe.model import build_model
 from alexpipe.train import checkpoint, run as run_module
 from alexpipe.train.bookkeeping import Snapshot, WriteFailed, Writer
 from alexpipe.train.loop import evaluate
-from alexpipe.train.metrics import read_jsonl
 from alexpipe.train.recipes import get_recipe
 from alexpipe.train.run import RunOptions, fit
 from alexpipe.pipeline import make_loader
+
+from conftest import read_jsonl
 
 QUICK = dict(lr=0.05, batch_size=50, dropout=0.0)
 

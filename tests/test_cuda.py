@@ -23,12 +23,11 @@ from alexpipe.pipeline import load_split, make_loader
 from alexpipe.pipeline.augment import AugParams, FixedParams
 from alexpipe.train import checkpoint, distributed, loop
 from alexpipe.train.run import RunOptions, fit
-from alexpipe.train.metrics import read_jsonl
 from alexpipe.train.recipes import get_recipe
 
 from alexpipe.train.step import WARMUP_STEPS
 
-from conftest import BACKENDS, assert_matches_reference, batches_with_positions
+from conftest import BACKENDS, assert_matches_reference, batches_with_positions, read_jsonl
 from host_waits import HostWaits, SteadyState
 
 pytestmark = [pytest.mark.cuda, pytest.mark.slow]

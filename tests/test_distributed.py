@@ -16,8 +16,9 @@ import torch
 
 from alexpipe.train import checkpoint
 from alexpipe.train.run import _subset
-from alexpipe.train.metrics import read_jsonl
 from alexpipe.pipeline import load_split
+
+from conftest import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,11 +22,10 @@ import torch
 from alexpipe.pipeline.convert.conversion import convert
 from alexpipe.train import checkpoint, distributed, run as run_module
 from alexpipe.train.errors import TrainingError
-from alexpipe.train.metrics import read_jsonl
 from alexpipe.train.recipes import get_recipe
 from alexpipe.train.run import RunOptions, fit
 
-from conftest import make_source, synthetic_batches
+from conftest import make_source, read_jsonl, synthetic_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(batch_size=50, dropout=0.0)

@@ -22,10 +22,11 @@ from alexpipe.train import checkpoint
 from alexpipe.train.errors import TrainingError
 from alexpipe.train.hardware import resolve_amp
 from alexpipe.train.run import RunOptions, fit
-from alexpipe.train.metrics import read_jsonl
 from alexpipe.train.recipes import Recipe, get_recipe
 from alexpipe.train.schedule import Schedule, build_optimizer
 from alexpipe.train.step import build_step
+
+from conftest import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 

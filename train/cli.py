@@ -13,15 +13,16 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from enum import Enum
 from typing import Annotated, Optional
 
 import typer
 
 from alexpipe.atomic import WriteError, reason
+from alexpipe.choices import choice, plain
 from alexpipe.model import INIT_SCHEMES
 from alexpipe.paths import GROWS, check_fits
 from alexpipe.pipeline.augment import PCA_VARIANTS
+from alexpipe.pipeline.constants import SPLITS
 from alexpipe.pipeline.loaders import BACKENDS
 from alexpipe.terminal import console, fail, literal, note
 
@@ -30,17 +31,6 @@ from .recipes import INPUTS, MODELS, RECIPES, SCHEDULES, Recipe, check_model, ge
 
 DEFAULT_DATA = Path("data/cifar10")
 _RECIPE_HELP = "Overrides the recipe's value."
-SPLITS = ("train", "val", "test")
-
-
-def _choice(name: str, values) -> type[Enum]:
-    """The named choices as an Enum of strings, the form typer turns into a `[a|b|c]` choice in --help."""
-    return Enum(name, {v: v for v in values}, type=str)
-
-
-def _plain(value):
-    """A choice as the plain string it stands for."""
-    return value.value if isinstance(value, Enum) else value
 
 
 def _overrides(**given) -> dict:
@@ -64,7 +54,7 @@ Lr = Annotated[Optional[float], typer.Option(help=f"{_R} Peak learning rate.")]
 Momentum = Annotated[Optional[float], typer.Option(help=f"{_R} SGD momentum.")]
 Nesterov = Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov", help=_R)]
 WeightDecay = Annotated[Optional[float], typer.Option(help=f"{_R} L2 weight decay.")]
-ScheduleOpt = Annotated[Optional[_choice("Schedule", SCHEDULES)], typer.Option(help=_R)]
+ScheduleOpt = Annotated[Optional[choice("Schedule", SCHEDULES)], typer.Option(help=_R)]
 StepEpochs = Annotated[Optional[str], typer.Option(help=f"{_R} For 'step': comma-separated epochs after which lr "
                                                          "is multiplied by gamma.")]
 Gamma = Annotated[Optional[float], typer.Option(help=f"{_R} lr factor of 'step' and 'plateau'.")]
@@ -72,15 +62,15 @@ Patience = Annotated[Optional[int], typer.Option(help=f"{_R} Epochs without val-
                                                        "cuts lr.")]
 Warmup = Annotated[Optional[float], typer.Option(help=f"{_R} Linear warm-up of 'onecycle', in epochs.")]
 Clip = Annotated[Optional[float], typer.Option(help=f"{_R} Gradient max-norm; 0 = off.")]
-Init = Annotated[Optional[_choice("Init", INIT_SCHEMES)], typer.Option(help=f"{_R} Weight init.")]
+Init = Annotated[Optional[choice("Init", INIT_SCHEMES)], typer.Option(help=f"{_R} Weight init.")]
 Dropout = Annotated[Optional[float], typer.Option(help=f"{_R} Dropout of the FC layers.")]
 Smoothing = Annotated[Optional[float], typer.Option(help=f"{_R} Label smoothing of the loss.")]
-Pca = Annotated[Optional[_choice("Pca", PCA_VARIANTS)], typer.Option(help=f"{_R} PCA colour jitter.")]
-Inputs = Annotated[Optional[_choice("Inputs", INPUTS)], typer.Option(help=f"{_R} What the network is fed: "
+Pca = Annotated[Optional[choice("Pca", PCA_VARIANTS)], typer.Option(help=f"{_R} PCA colour jitter.")]
+Inputs = Annotated[Optional[choice("Inputs", INPUTS)], typer.Option(help=f"{_R} What the network is fed: "
                                                "normalised (x / 255 - mean) / std, or pixels (x - mean on the "
                                                "0..255 scale, the paper's).")]
 PcaSigma = Annotated[Optional[float], typer.Option(help=f"{_R} Std of the PCA coefficients alpha.")]
-Loader = Annotated[Optional[_choice("Backend", BACKENDS)], typer.Option(help=f"{_R} Input pipeline.")]
+Loader = Annotated[Optional[choice("Backend", BACKENDS)], typer.Option(help=f"{_R} Input pipeline.")]
 TtaFlip = Annotated[Optional[bool], typer.Option("--tta-flip/--no-tta-flip", help=f"{_R} Evaluate on image + "
                                                                                     "mirror.")]
 Seed = Annotated[Optional[int], typer.Option(help=f"{_R} Seeds weights, shuffles and augmentation.")]
@@ -90,11 +80,11 @@ Data = Annotated[Optional[Path], typer.Option(help="Folder written by `alexpipe 
                                                    "or the run's own with --resume].")]
 Out = Annotated[Path, typer.Option(help="Run folder: last.pt, best.pt, metrics.jsonl, curves.png, config.json, "
                                         "summary.json.")]
-RecipeName = Annotated[Optional[_choice("RecipeName", RECIPES)], typer.Option("--recipe",
+RecipeName = Annotated[Optional[choice("RecipeName", RECIPES)], typer.Option("--recipe",
                                                    help="Named recipe [default: blog, or the run's own with "
                                                         "--resume].")]
-Device = Annotated[_choice("Device", DEVICES), typer.Option(help="auto: a GPU when there is one.")]
-Amp = Annotated[Optional[_choice("Amp", AMP_MODES)], typer.Option(help="Mixed precision: auto (bf16 where the "
+Device = Annotated[choice("Device", DEVICES), typer.Option(help="auto: a GPU when there is one.")]
+Amp = Annotated[Optional[choice("Amp", AMP_MODES)], typer.Option(help="Mixed precision: auto (bf16 where the "
                                   "hardware does it natively, else fp16 on CUDA, off on other CPUs) | bf16 | fp16 "
                                   "(with a gradient scaler) | off [default: auto, or the run's own with --resume].",
                                   show_default=False)]
@@ -103,7 +93,7 @@ ChannelsLast = Annotated[Optional[bool], typer.Option("--channels-last/--no-chan
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the hot path: the model with its loss "
                                                          "(forward and backward), the gradient clipping and, with "
                                                          "the resident loader, the augmentation.")]
-CompileMode = Annotated[_choice("CompileMode", COMPILE_MODES), typer.Option(
+CompileMode = Annotated[choice("CompileMode", COMPILE_MODES), typer.Option(
                                           help="torch.compile mode with --compile (reduce-overhead: torch's CUDA "
                                                "graphs, which --cuda-graphs replaces with one graph per step).")]
 CudaGraphs = Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs",
@@ -146,7 +136,7 @@ def train_cmd(
     log_every: LogEvery = 20, scale_lr: ScaleLr = False, dist_timeout: DistTimeout = 600.0,
 ) -> None:
     """Train AlexNet on converted CIFAR-10 (default: the write-up's 49-epoch recipe)."""
-    given = {k: _plain(v) for k, v in locals().items()}
+    given = {k: plain(v) for k, v in locals().items()}
     _check_out(out)
     if data is not None:
         check_fits("--data", data, grows=GROWS)
@@ -275,13 +265,13 @@ def _saved_run(out: Path) -> tuple[Recipe, dict]:
 def evaluate_cmd(
     checkpoint_path: Path = typer.Argument(..., metavar="CHECKPOINT", help="A best.pt or last.pt of a run."),
     data: Path = typer.Option(DEFAULT_DATA, help="Folder written by `alexpipe convert`."),
-    split: _choice("Split", SPLITS) = typer.Option("test", help="The split to evaluate (un-augmented)."),
-    loader: _choice("Backend", BACKENDS) = typer.Option("resident", help="Input pipeline."),
+    split: choice("Split", SPLITS) = typer.Option("test", help="The split to evaluate (un-augmented)."),
+    loader: choice("Backend", BACKENDS) = typer.Option("resident", help="Input pipeline."),
     batch_size: int = typer.Option(500, help="Images per forward pass."),
     tta_flip: Optional[bool] = typer.Option(None, "--tta-flip/--no-tta-flip",
                                             help="Average with the mirrored image [default: the recipe's]."),
-    device: _choice("Device", DEVICES) = typer.Option("auto", help="auto: a GPU when there is one."),
-    amp: _choice("Amp", AMP_MODES) = typer.Option("auto", help="Mixed precision, as for train."),
+    device: choice("Device", DEVICES) = typer.Option("auto", help="auto: a GPU when there is one."),
+    amp: choice("Amp", AMP_MODES) = typer.Option("auto", help="Mixed precision, as for train."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here."),
 ) -> None:
     """Top-1/top-5, per-class accuracy and the confusion matrix of a checkpoint."""
@@ -289,7 +279,7 @@ def evaluate_cmd(
 
     from .errors import TrainingError
 
-    split, loader, device, amp = (_plain(v) for v in (split, loader, device, amp))
+    split, loader, device, amp = (plain(v) for v in (split, loader, device, amp))
     if batch_size < 1:
         fail(f"--batch-size must be positive, got {batch_size}")
     check_fits("CHECKPOINT", checkpoint_path)

@@ -75,7 +75,3 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
 def write_json(path: Path, obj: Any) -> None:
     """One JSON document, written atomically (temporary sibling, then rename)."""
     write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

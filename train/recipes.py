@@ -132,6 +132,7 @@ def validate(r: Recipe) -> None:
     from alexpipe.model import INIT_SCHEMES
     from alexpipe.pipeline.augment import PCA_VARIANTS
     from alexpipe.pipeline.loaders import BACKENDS
+    from alexpipe.pipeline.sampling import seed_problem
 
     def one_of(flag: str, value: str, choices) -> tuple[bool, str]:
         return value in choices, f"--{flag} must be one of {', '.join(choices)}, got {value!r}"
@@ -157,8 +158,7 @@ def validate(r: Recipe) -> None:
         (0 <= r.label_smoothing < 1, f"--label-smoothing must lie in [0, 1), got {r.label_smoothing}"),
         (0 <= r.dropout < 1, f"--dropout must lie in [0, 1), got {r.dropout}"),
         (r.pca_sigma >= 0, f"--pca-sigma must not be negative, got {r.pca_sigma}"),
-        (r.seed >= 0, f"--seed must be a non-negative integer, got {r.seed}"),
-        (r.seed < 2 ** 32, f"--seed must be below 2**32 = {2 ** 32:,} (numpy's seeds are 32-bit), got {r.seed}"),
+        (seed_problem(r.seed, below=2 ** 32) is None, seed_problem(r.seed, below=2 ** 32)),
     ]
     for ok, message in checks:
         if not ok:

@@ -41,10 +41,10 @@ from ..format.beton import FFCV_HINT, beton_path, ffcv_present, write_beton
 from ..errors import DataError
 from ..format.split import FORMAT_NAME, FORMAT_VERSION, SplitMeta, content_digest, fsync_dir, split_path, write_split
 from ..hashing import file_hexdigests
-from ..format.integrity import MANIFEST
+from ..constants import MANIFEST, NUM_CLASSES
 from ..format.safeio import ordinary_mode, read_limited
-from ..sampling import ShortClass, balanced_choice
-from ..source.archives import NUM_CLASSES, RawCifar, read_cifar10
+from ..sampling import ShortClass, balanced_choice, seed_problem
+from ..source.archives import RawCifar, read_cifar10
 from ..format.stats import ChannelStats, compute_stats
 
 TMP_MARKER = ".alexpipe-tmp"  # inside a temporary folder while it is being written
@@ -73,8 +73,6 @@ def carve_val(labels: np.ndarray, val_size: int, seed: int,
     """
     if val_size < 0 or val_size % num_classes:
         raise DataError(f"--val-size must be a non-negative multiple of {num_classes} (class-balanced), got {val_size}")
-    if seed < 0:
-        raise DataError(f"--seed must be a non-negative integer, got {seed}")
     per_class = val_size // num_classes
     try:
         val = balanced_choice(labels, per_class, np.random.default_rng(seed), num_classes, leave=1)
@@ -117,8 +115,8 @@ def convert(source: Path, out: Path, *, val_size: int = 10_000, seed: int = 0,
     """Convert `source` into `out`. `betons=None` writes FFCV files when FFCV is importable."""
     t0 = time.perf_counter()
     out = Path(out).expanduser()
-    if seed < 0:
-        raise DataError(f"--seed must be a non-negative integer, got {seed}")
+    if seed_problem(seed):
+        raise DataError(seed_problem(seed))
     for flag, path, beside in (("--source", Path(source).expanduser(), 0), ("--out", out, NAME_ROOM)):
         why = too_long(path, beside=beside, grows=GROWS)
         if why:

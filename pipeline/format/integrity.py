@@ -22,18 +22,17 @@ what disagrees.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import DataError
-from .split import FORMAT_NAME, FORMAT_VERSION, SPLITS, SUFFIX, SplitMeta, read_content, read_meta
+from ..hashing import stream_hexdigests
+from ..constants import MANIFEST, SHA256_HEX, SPLITS
+from .split import FORMAT_NAME, SUFFIX, SplitMeta, check_format, read_content, read_meta
 from .safeio import check_plain_name, open_regular, read_limited
 
-MANIFEST = "manifest.json"
 BETON_SUFFIX = ".beton"
 _MAX_MANIFEST = 1 << 20
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 # what every split records identically (the manifest records the last three too)
 _SHARED = ("classes", "stats", "split_seed", "val_size", "source")
 
@@ -49,11 +48,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
         raise DataError(f"{path}: not valid JSON (corrupt, or not written by `alexpipe convert`)") from None
     if not isinstance(manifest, dict):
         raise DataError(f"{path}: a JSON {type(manifest).__name__}, not the object `alexpipe convert` writes")
-    if manifest.get("format") != FORMAT_NAME:
-        raise DataError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
-    if manifest.get("format_version") != FORMAT_VERSION or isinstance(manifest.get("format_version"), bool):
-        raise DataError(f"{path}: format version {manifest.get('format_version')!r} is not {FORMAT_VERSION}; "
-                        "convert the data again with this alexpipe")
+    check_format(manifest, str(path), f"format {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise DataError(f"{path}: 'files' is {files!r}, not a map of the files it holds")
@@ -75,7 +70,7 @@ def _check_entry(path: Path, name: str, entry: object) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise DataError(f"{path}: the record of {name} has num_images {n!r}")
     key = "content_sha256" if name.endswith(SUFFIX) else "sha256"
-    if not isinstance(entry.get(key), str) or not _SHA256.fullmatch(entry[key]):
+    if not isinstance(entry.get(key), str) or not SHA256_HEX.fullmatch(entry[key]):
         raise DataError(f"{path}: the record of {name} has no valid {key}")
 
 
@@ -190,8 +185,6 @@ def _check_beton(root: Path, name: str, entry: dict, meta: SplitMeta, content: b
     with open_regular(path, inside=root, missing="listed in the manifest but missing") as f:
         if not content:
             return
-        h = hashlib.sha256()
-        while block := f.read(4 << 20):
-            h.update(block)
-    if h.hexdigest() != entry["sha256"]:
+        digest = stream_hexdigests(f, "sha256")[0]
+    if digest != entry["sha256"]:
         raise DataError(f"{path}: sha256 differs from the manifest (modified or corrupt)")

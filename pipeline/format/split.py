@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from ..constants import IMAGE_SHAPE, NUM_CLASSES, SHA256_HEX, SPLITS
 from ..errors import DataError
 from .safeio import open_regular, ordinary_mode
 from .stats import ChannelStats
@@ -34,15 +34,11 @@ if TYPE_CHECKING:  # torch is imported only where a Split is made: `alexpipe inf
 
 FORMAT_NAME = "alexpipe-cifar10"
 FORMAT_VERSION = 1
-SPLITS = ("train", "val", "test")
 SUFFIX = ".safetensors"
-NUM_CLASSES = 10
-IMAGE_SHAPE = (32, 32, 3)
 
 _DTYPES = {"U8": np.uint8, "I64": np.int64}
 _TENSORS = {"images": "U8", "labels": "I64", "source_index": "I64"}
 _MAX_HEADER = 100 << 20
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -96,11 +92,7 @@ class SplitMeta:
                 v[k] = json.loads(x)
             except (ValueError, RecursionError):
                 raise DataError(f"{where}: metadata {k!r} is not valid JSON") from None
-        if v.get("format") != FORMAT_NAME:
-            raise DataError(f"{where}: not an alexpipe CIFAR-10 file (format {v.get('format')!r})")
-        if v.get("format_version") != FORMAT_VERSION or isinstance(v.get("format_version"), bool):
-            raise DataError(f"{where}: format version {v.get('format_version')!r} is not {FORMAT_VERSION}; "
-                            "convert the data again with this alexpipe")
+        check_format(v, where, f"not an alexpipe CIFAR-10 file (format {v.get('format')!r})")
         field = _Fields(v, where)
         split = field.get("split", str)
         if split not in SPLITS:
@@ -121,12 +113,22 @@ class SplitMeta:
         if problem:
             raise DataError(f"{where}: implausible statistics: {problem}")
         digest = field.get("content_sha256", str)
-        if not _SHA256.fullmatch(digest):
+        if not SHA256_HEX.fullmatch(digest):
             raise DataError(f"{where}: content_sha256 {digest!r} is not a sha256 hex digest")
         return cls(split=split, classes=tuple(classes), num_images=num_images, class_counts=tuple(counts),
                    stats=stats, content_sha256=digest, split_seed=field.count("split_seed"),
                    val_size=field.count("val_size"), source=field.get("source", dict),
                    format_version=FORMAT_VERSION, created_utc=field.get("created_utc", str))
+
+
+def check_format(record: dict, where: str, foreign: str) -> None:
+    """`record` (a split's metadata, the manifest) must say this format and version: DataError naming `where`,
+    with `foreign` as the reason when the format is another one."""
+    if record.get("format") != FORMAT_NAME:
+        raise DataError(f"{where}: {foreign}")
+    if record.get("format_version") != FORMAT_VERSION or isinstance(record.get("format_version"), bool):
+        raise DataError(f"{where}: format version {record.get('format_version')!r} is not {FORMAT_VERSION}; "
+                        "convert the data again with this alexpipe")
 
 
 def _is_count(x: object) -> bool:
@@ -338,20 +340,6 @@ class Split:
 
     def __len__(self) -> int:
         return self.labels.shape[0]
-
-    def to(self, device: "torch.device | str") -> "Split":
-        """Move the tensors to `device` (one copy each, no intermediate)."""
-        import torch
-
-        d = torch.device(device)
-        return Split(self.images.to(d), self.labels.to(d), self.source_index.to(d), self.meta, self.path)
-
-    def subset(self, index: "torch.Tensor | np.ndarray") -> "Split":
-        """The images at `index`, in that order (a copy)."""
-        import torch
-
-        idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
-        return Split(self.images[idx], self.labels[idx], self.source_index[idx], self.meta, self.path)
 
 
 def load_split(root: Path | str, split: str) -> Split:

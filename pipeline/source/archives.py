@@ -25,12 +25,11 @@ from typing import Callable
 import numpy as np
 
 from .download import OFFICIAL_MD5 as OFFICIAL_PYTHON_MD5
+from ..constants import NUM_CLASSES
 from ..errors import DataError
 from ..hashing import file_hexdigests
 from .unpickle import safe_loads
 
-NUM_CLASSES = 10
-IMAGE_SHAPE = (32, 32, 3)
 RECORD_PIXELS = 3072
 TRAIN_BATCHES = 5
 RECORDS_PER_BATCH = 10_000
