@@ -131,15 +131,11 @@ def build(cfg: dict[str, Any]) -> tuple[Work, Callable[[], float], Any]:
 
     from alexpipe.model import build_model
     from alexpipe.train import step as train_step
-    from alexpipe.train.hardware import use_compile_cache
+    from alexpipe.train.hardware import prepare_device, use_compile_cache
     from alexpipe.train.metrics import EpochMeter
     from alexpipe.train.recipes import get_recipe
-    from alexpipe.train.schedule import Schedule, build_optimizer
 
-    if device.type == "cuda":  # as `alexpipe train` sets them
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
+    prepare_device(device)  # as `alexpipe train` does
     if compile_:
         use_compile_cache()
     recipe = get_recipe("blog")  # the step of the default recipe: clipping at 2.0, SGD with momentum
@@ -147,11 +143,9 @@ def build(cfg: dict[str, Any]) -> tuple[Work, Callable[[], float], Any]:
     model = (_tiny_net() if cfg["kind"] == "overhead" else build_model()).to(device)
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, recipe)
-    schedule = Schedule(opt, recipe, steps_per_epoch=len(loader) if loader is not None else 1)
-    step = train_step.build_step(model, opt, schedule, amp_dtype=dtype if dtype != torch.float32 else None,
-                                 clip_grad_norm=recipe.clip_grad_norm, label_smoothing=recipe.label_smoothing,
-                                 compile=compile_, capture=cfg.get("capture"))
+    step = train_step.recipe_step(model, recipe, len(loader) if loader is not None else 1,
+                                  amp_dtype=dtype if dtype != torch.float32 else None, compile=compile_,
+                                  capture=cfg.get("capture"))
     meter = EpochMeter(device)  # a captured step returns one static tensor: added here before the next step
     fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     fixed = (torch.randn(cfg["batch_size"], 3, 32, 32, device=device).to(dtype).contiguous(memory_format=fmt),

@@ -49,6 +49,18 @@ def resolve_amp(amp: str, device: "torch.device") -> "Optional[torch.dtype]":
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
+def prepare_device(device: "torch.device") -> None:
+    """What a CUDA device is set to before training (or timing training): this process's device; cuDNN
+    choosing its algorithms by measuring them (every training batch has one shape); TF32 for float32 matrix
+    products. Nothing on a CPU."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+
 def use_compile_cache() -> None:
     """Keep torch.compile's caches in alexpipe's cache folder (unless the user chose another): the next run with
     the same shapes then loads its kernels instead of compiling them again (a warm start)."""

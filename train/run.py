@@ -33,7 +33,8 @@ from alexpipe.terminal import console, literal, note
 from . import checkpoint, distributed
 from .bookkeeping import Snapshot, WriteFailed, Writer, remove_temporaries
 from .errors import RunInterrupted, TrainingError
-from .hardware import COMPILE_MODES, amp_note, compile_seconds, resolve_amp, resolve_device, use_compile_cache
+from .hardware import (COMPILE_MODES, amp_note, compile_seconds, prepare_device, resolve_amp, resolve_device,
+                       use_compile_cache)
 from .inputs import feed
 from .interrupt import GracefulInterrupt, Interrupted, StopNow
 from .loop import EpochContext, evaluate, train_epoch
@@ -41,8 +42,7 @@ from .metrics import write_json, write_jsonl
 from .plot import plot_curves
 from .progress import EpochProgress
 from .recipes import Recipe, validate
-from .schedule import Schedule, build_optimizer
-from .step import TrainStep, build_step, compiled, without_cuda_graphs
+from .step import TrainStep, compiled, recipe_step, without_cuda_graphs
 
 err = console(stderr=True)
 
@@ -151,10 +151,7 @@ def start(opt: RunOptions) -> Run:
     if opt.recipe.batch_size % world.world_size:
         raise TrainingError(f"--batch-size {opt.recipe.batch_size} does not divide among {world.world_size} "
                             "processes (the global batch is split evenly)")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True  # training batches have one static shape (drop_last)
-        torch.backends.cuda.matmul.allow_tf32 = True  # float32 products (the loss's, --amp off) on tensor cores
+    prepare_device(device)
     if opt.compile:
         use_compile_cache()
     distributed.init(world, device, opt.dist_timeout)
@@ -286,17 +283,14 @@ def build(run: Run) -> None:
     model = build_model(r.model, num_classes=len(run.classes), init=r.init, dropout=r.dropout).to(run.device)
     if run.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, r)
-    schedule = Schedule(optimizer, r, steps_per_epoch=len(run.loaders["train"]))
     net = feed(model, r.inputs, run.loaders["train"].split.meta.stats.std)
     if run.world.distributed:
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[run.device.index] if run.device.type == "cuda" else None)
     run.model, run.net = model, net
     try:
-        run.step = build_step(net, optimizer, schedule, amp_dtype=run.amp_dtype, clip_grad_norm=r.clip_grad_norm,
-                              label_smoothing=r.label_smoothing, compile=opt.compile, compile_mode=opt.compile_mode,
-                              capture=opt.cuda_graphs)
+        run.step = recipe_step(model, r, len(run.loaders["train"]), net=net, amp_dtype=run.amp_dtype,
+                               compile=opt.compile, compile_mode=opt.compile_mode, capture=opt.cuda_graphs)
     except ValueError as exc:
         raise TrainingError(f"--cuda-graphs: {exc}") from None
     mode = without_cuda_graphs(opt.compile_mode) if run.step.capture else opt.compile_mode

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hardware import COMPILE_MODES
-from .schedule import Schedule
+from .recipes import Recipe
+from .schedule import Schedule, build_optimizer
 
 Forward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # -> loss, [loss x n, correct]
 
@@ -201,6 +202,19 @@ def build_step(net: nn.Module, optimizer: torch.optim.Optimizer, schedule: Sched
     return TrainStep(forward, optimizer, schedule, scaler, clip, compiled=compile, capture=capture)
 
 
+def recipe_step(model: nn.Module, recipe: Recipe, steps_per_epoch: int, *, amp_dtype: Optional[torch.dtype],
+                net: Optional[nn.Module] = None, compile: bool = False, compile_mode: Optional[str] = None,
+                capture: Optional[bool] = None) -> TrainStep:
+    """The step a recipe trains `model` with: its SGD, its lr schedule over `steps_per_epoch`, its clipping and
+    label smoothing. `net` is what the step calls (default `model`; a run feeds it as the recipe says and wraps
+    it for DDP). One assembly for `alexpipe train` and `alexpipe bench`, so the benchmark times what trains."""
+    optimizer = build_optimizer(model, recipe)
+    return build_step(net if net is not None else model, optimizer, Schedule(optimizer, recipe, steps_per_epoch),
+                      amp_dtype=amp_dtype, clip_grad_norm=recipe.clip_grad_norm,
+                      label_smoothing=recipe.label_smoothing, compile=compile, compile_mode=compile_mode,
+                      capture=capture)
+
+
 def new_generation(device: torch.device) -> None:
     """Tell torch.compile's CUDA graphs that a new iteration starts, before its batch is made.
 
@@ -214,5 +228,5 @@ def new_generation(device: torch.device) -> None:
         torch.compiler.cudagraph_mark_step_begin()
 
 
-__all__ = ["TrainStep", "build_step", "can_capture", "compiled", "make_forward", "new_generation",
+__all__ = ["TrainStep", "build_step", "can_capture", "compiled", "make_forward", "new_generation", "recipe_step",
            "without_cuda_graphs"]
