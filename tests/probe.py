@@ -28,11 +28,11 @@ def _log_batches(path: str) -> None:
 
     def recording_iter(self):
         if self.cfg.split == "train":
-            b, order = self.cfg.batch_size, self.order()
+            epoch = self.epoch()
             with open(path, "a") as f:
-                for k in range(len(self)):
-                    f.write(json.dumps({"rank": self.cfg.rank, "epoch": self.epoch,
-                                        "index": order[k * b:(k + 1) * b].tolist()}) + "\n")
+                for k in range(len(epoch)):
+                    f.write(json.dumps({"rank": self.cfg.rank, "epoch": epoch.number,
+                                        "index": epoch.positions(k).tolist()}) + "\n")
         return iterate(self)
 
     base.BaseLoader.__iter__ = recording_iter

@@ -104,18 +104,19 @@ def test_the_resident_loader_dispatches_at_most_three_operations_per_batch(synth
         assert all(torch.equal(a, b) for a, (b, _) in zip(first, loader))
 
 
-def test_a_loader_computes_its_epoch_order_once_per_epoch(small_data, monkeypatch):
-    from alexpipe.pipeline.loaders import base
-
-    calls = []
-    real = base.epoch_order
-    monkeypatch.setattr(base, "epoch_order", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+def test_an_epoch_is_fixed_by_its_number(small_data):
+    """The same epoch twice gives the same batches (order, augmentation, labels); the next epoch another."""
     loader = make_loader(small_data, "train", "resident", batch_size=10)
-    for epoch in (1, 2):
+
+    def visit(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         loader.set_epoch(epoch)
-        for _ in loader:
-            assert len(loader) == 25
-    assert calls == [1, 2]
+        batches = [(x.clone(), y.clone()) for x, y in loader]
+        assert len(batches) == len(loader) == 25
+        return batches
+
+    first, again, second = visit(1), visit(1), visit(2)
+    assert all(torch.equal(a, b) and torch.equal(la, lb) for (a, la), (b, lb) in zip(first, again))
+    assert not all(torch.equal(la, lb) for (_, la), (_, lb) in zip(first, second))
 
 
 def test_amp_auto_uses_native_bf16_only(monkeypatch):

@@ -89,21 +89,21 @@ class Windows:
         return torch.index_select(self.view, 0, offsets, out=out)
 
 
-def pca_delta(alpha: torch.Tensor, norm: DeviceStats) -> torch.Tensor:
+def pca_delta(alpha: torch.Tensor, stats: DeviceStats) -> torch.Tensor:
     """Each image's colour shift M @ alpha, shaped (B, C, 1, 1) to add to its planes."""
-    return (alpha.to(torch.float32) @ norm.pca.T)[:, :, None, None]
+    return (alpha.to(torch.float32) @ stats.pca.T)[:, :, None, None]
 
 
-def jitter_normalise_(x: torch.Tensor, delta: Optional[torch.Tensor], norm: DeviceStats) -> torch.Tensor:
+def jitter_normalise_(x: torch.Tensor, delta: Optional[torch.Tensor], stats: DeviceStats) -> torch.Tensor:
     """Steps 3-4 in place on float32 (B, C, H, W) pixels: add the shift, clamp to 0..255, normalise."""
     if delta is not None:
         x.add_(delta).clamp_(0.0, 255.0)
-    return x.mul_(norm.scale).add_(norm.shift)
+    return x.mul_(stats.scale).add_(stats.shift)
 
 
-def jitter_normalise(images: torch.Tensor, alpha: Optional[torch.Tensor], norm: DeviceStats) -> torch.Tensor:
+def jitter_normalise(images: torch.Tensor, alpha: Optional[torch.Tensor], stats: DeviceStats) -> torch.Tensor:
     """(B, C, H, W) uint8 -> float32 (B, C, H, W): steps 3-4 (alpha None: step 4 only)."""
-    return jitter_normalise_(images.to(torch.float32), None if alpha is None else pca_delta(alpha, norm), norm)
+    return jitter_normalise_(images.to(torch.float32), None if alpha is None else pca_delta(alpha, stats), stats)
 
 
 def to_layout(x: torch.Tensor, dtype: torch.dtype, channels_last: bool, copy: bool = False) -> torch.Tensor:
@@ -122,17 +122,17 @@ class Scratch:
         self.values = torch.empty(shape, dtype=torch.float32, device=device)
 
 
-def augment_chunk(windows: Windows, offsets: torch.Tensor, delta: Optional[torch.Tensor], norm: DeviceStats,
+def augment_chunk(windows: Windows, offsets: torch.Tensor, delta: Optional[torch.Tensor], stats: DeviceStats,
                   dtype: torch.dtype, channels_last: bool, scratch: Scratch) -> torch.Tensor:
     """Steps 1-5 for the windows at `offsets` (delta None: no jitter): a new tensor, the scratch reused."""
     m = offsets.shape[0]
     x = scratch.values[:m].copy_(windows.take(offsets, out=scratch.pixels[:m]))
-    return to_layout(jitter_normalise_(x, delta, norm), dtype, channels_last, copy=True)
+    return to_layout(jitter_normalise_(x, delta, stats), dtype, channels_last, copy=True)
 
 
-def normalise_chunk(planes: torch.Tensor, index: torch.Tensor, norm: DeviceStats, dtype: torch.dtype,
+def normalise_chunk(planes: torch.Tensor, index: torch.Tensor, stats: DeviceStats, dtype: torch.dtype,
                     channels_last: bool, scratch: Scratch) -> torch.Tensor:
     """Steps 4-5 for images `index` of (N, C, H, W) uint8 planes (evaluation): a new tensor."""
     m = index.shape[0]
     x = scratch.values[:m].copy_(torch.index_select(planes, 0, index, out=scratch.pixels[:m]))
-    return to_layout(jitter_normalise_(x, None, norm), dtype, channels_last, copy=True)
+    return to_layout(jitter_normalise_(x, None, stats), dtype, channels_last, copy=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +41,8 @@ def make_loader(root: str | Path, split: str = "train", backend: str = "resident
     extra = {k: v for k, v in options.items() if k not in fields}
     module, name = _CLASSES[backend]
     cls = getattr(importlib.import_module(module, __name__), name)
-    takes = set(inspect.signature(cls.__init__).parameters) - {"self", "cfg", "split"}
-    unknown = sorted(set(extra) - takes)
+    takes = cls.OPTIONS
+    unknown = sorted(set(extra) - set(takes))
     if unknown:
         raise ValueError(f"the {backend} backend takes no option {', '.join(unknown)}"
                          + (f" (its own: {', '.join(sorted(takes))})" if takes else ""))

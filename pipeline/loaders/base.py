@@ -1,12 +1,10 @@
-"""What every backend shares: its configuration, the epoch order, the batch contract.
+"""What every backend shares: its configuration, the epoch, the batch contract (docs/design.md, "The loader
+contract", which also says how to add a backend).
 
-A loader yields `(images, labels)`: images normalised, NCHW in `dtype`
-(channels_last memory format when asked) on `device`, labels int64 on
-`device`. Batch k holds the split positions `order()[k * batch_size:(k + 1) *
-batch_size]` of its epoch. A backend only makes the images of a batch, in
-NCHW of any float dtype; the labels, the final cast and the memory layout are
-done here, once for all of them (`_emit`). How to add a backend:
-docs/design.md, "The loader contract".
+Iterating a loader fixes one `Epoch` (its order, its augmentation parameters,
+its batches' positions); the backend makes the images of that epoch's
+batches, in order (`_images`), and the labels come from the same epoch, so a
+batch's labels cannot be another batch's.
 """
 
 from __future__ import annotations
@@ -95,13 +93,38 @@ def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
-class BaseLoader(ABC):
-    """Epoch bookkeeping shared by the backends; subclasses implement `_batches`.
+@dataclass(frozen=True)
+class Epoch:
+    """One epoch of one loader, fixed when its iteration begins: what every batch of it holds."""
 
-    Labels and positions never travel with the images: the split's labels live
-    on the device from the start and the epoch's order is copied there once, so
-    batch k's labels are a gather on the device (`_emit`), whatever the backend.
+    number: int
+    order: np.ndarray  # this rank's split positions, in visiting order
+    params: Optional[AugParams]  # every split image's augmentation parameters (None: not augmented)
+    batch_size: int
+    drop_last: bool
+
+    def __len__(self) -> int:
+        return num_batches(len(self.order), self.batch_size, self.drop_last)
+
+    def positions(self, k: int) -> np.ndarray:
+        """The split positions batch k holds."""
+        return self.order[k * self.batch_size:(k + 1) * self.batch_size]
+
+    @property
+    def visited(self) -> np.ndarray:
+        """The positions of every batch, in order (the tail that makes no whole batch is not visited)."""
+        return self.order[:len(self) * self.batch_size]
+
+
+class BaseLoader(ABC):
+    """What the backends share; a backend implements `_images`, and may name its own options in `OPTIONS`
+    (which `make_loader` passes to its constructor as keywords).
+
+    Labels never travel with the images: the split's labels live on the device
+    from the start, and an epoch's labels are one gather there by its order.
     """
+
+    OPTIONS: tuple[str, ...] = ()
 
     def __init__(self, cfg: LoaderConfig, split: Optional[Split] = None):
         self.cfg = cfg
@@ -114,55 +137,53 @@ class BaseLoader(ABC):
         else:
             positions = np.arange(n, dtype=np.int64)
         self.positions = positions
-        self.epoch = 0
-        self._order: Optional[tuple[int, np.ndarray]] = None  # (epoch, order): one permutation per epoch
-        self._params: Optional[tuple[int, AugParams]] = None  # (epoch, the whole split's parameters)
-        self._device_order: Optional[tuple[int, torch.Tensor]] = None
-        self._device_labels: Optional[torch.Tensor] = None
+        self.epoch_number = 0
+        self._device_labels: Optional[torch.Tensor] = None  # the split's, on the device: made once
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose shuffle and augmentation the next iteration uses."""
-        self.epoch = int(epoch)
+        self.epoch_number = int(epoch)
 
     def order(self, epoch: Optional[int] = None) -> np.ndarray:
-        """Split positions this rank visits in `epoch`, before batching (computed once per epoch)."""
+        """Split positions this rank visits in `epoch` (default: the chosen one), before batching."""
         c = self.cfg
-        e = self.epoch if epoch is None else int(epoch)
-        if self._order is None or self._order[0] != e:
-            self._order = (e, epoch_order(self.positions, c.seed, e, c.shuffle, c.rank, c.world_size,
-                                          equal_shards=c.drop_last))
-        return self._order[1]
+        e = self.epoch_number if epoch is None else int(epoch)
+        return epoch_order(self.positions, c.seed, e, c.shuffle, c.rank, c.world_size, equal_shards=c.drop_last)
 
-    def epoch_params(self) -> AugParams:
-        """Every split image's augmentation parameters this epoch (from the config's source, once per epoch)."""
-        if self._params is None or self._params[0] != self.epoch:
-            self._params = (self.epoch, self.cfg.param_source.for_epoch(self.epoch, len(self.split)))
-        return self._params[1]
-
-    def device_order(self) -> torch.Tensor:
-        """This epoch's order as an int64 tensor on the device, copied there once per epoch."""
-        if self._device_order is None or self._device_order[0] != self.epoch:
-            self._device_order = (self.epoch, to_device(torch.from_numpy(self.order()), self.cfg.device))
-        return self._device_order[1]
-
-    def batch_index(self, k: int) -> torch.Tensor:
-        """Split positions of this epoch's batch k, on the device."""
-        b = self.cfg.batch_size
-        return self.device_order()[k * b:(k + 1) * b]
+    def epoch(self, number: Optional[int] = None) -> Epoch:
+        """The epoch `number` (default: the chosen one): its order and, when augmenting, its parameters."""
+        c = self.cfg
+        e = self.epoch_number if number is None else int(number)
+        params = c.param_source.for_epoch(e, len(self.split)) if c.augmented else None
+        return Epoch(e, self.order(e), params, c.batch_size, c.drop_last)
 
     def __len__(self) -> int:
         return num_batches(len(self.order()), self.cfg.batch_size, self.cfg.drop_last)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        return self._batches()
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches: the backend's images in the requested dtype and layout, with their labels."""
+        epoch = self.epoch()
+        labels = self._labels(epoch)
+        images = self._images(epoch)
+        try:
+            for k in range(len(labels)):
+                x = next(images, None)
+                if x is None:
+                    raise RuntimeError(f"{type(self).__name__} made {k} batches of an epoch of {len(labels)}")
+                yield to_layout(x, self.cfg.dtype, self.cfg.channels_last), labels[k]
+            if next(images, None) is not None:  # (and lets the backend finish its epoch)
+                raise RuntimeError(f"{type(self).__name__} made more batches than its epoch has")
+        finally:
+            images.close()
 
-    @abstractmethod
-    def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        """Yield this epoch's batches (see the module docstring for their contract)."""
-
-    def _emit(self, images: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch k: the backend's NCHW images in the requested dtype and layout, and their labels, gathered on
-        the device. `images` must not be a buffer the backend's library will reuse (the cast may be a no-op)."""
+    def _labels(self, epoch: Epoch) -> tuple[torch.Tensor, ...]:
+        """The epoch's labels on the device, batch by batch: one gather by its order, copied there once."""
         if self._device_labels is None:
             self._device_labels = to_device(self.split.labels, self.cfg.device)
-        return to_layout(images, self.cfg.dtype, self.cfg.channels_last), self._device_labels[self.batch_index(k)]
+        order = to_device(torch.from_numpy(epoch.visited), self.cfg.device)
+        return self._device_labels[order].split(epoch.batch_size) if len(epoch) else ()
+
+    @abstractmethod
+    def _images(self, epoch: Epoch) -> Iterator[torch.Tensor]:
+        """The images of `epoch`'s batches, in order: batch k holds `epoch.positions(k)`, NCHW, any float dtype,
+        in memory the backend's library will not reuse (the cast to the requested dtype may be a no-op)."""

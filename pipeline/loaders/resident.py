@@ -20,7 +20,7 @@ import torch
 from ..augment.batched import BatchParams, DeviceStats, Scratch, Windows, augment_chunk, normalise_chunk, pca_delta
 from ..device import to_device
 from ..format.split import Split
-from .base import BaseLoader, LoaderConfig
+from .base import BaseLoader, Epoch, LoaderConfig
 
 CPU_CHUNK_IMAGES = 1024  # measured on 2-core Xeons: chunks of 256-1,024 images run ~2x faster than 4,096 or more
 
@@ -39,8 +39,8 @@ class ResidentLoader(BaseLoader):
         else:
             self.windows, self.planes = None, images.permute(0, 3, 1, 2).contiguous()
         del images
-        self.norm = DeviceStats(self.split.meta.stats, cfg.pca, dev)
-        self._kept: Optional[tuple[list[torch.Tensor], list[torch.Tensor]]] = None  # eval: the batches, once
+        self.stats = DeviceStats(self.split.meta.stats, cfg.pca, dev)
+        self._kept: Optional[list[torch.Tensor]] = None  # an evaluation split's batches, made once
         self._scratch: Optional[Scratch] = None
 
     def _chunk(self, n: int) -> int:
@@ -51,35 +51,32 @@ class ResidentLoader(BaseLoader):
         b = self.cfg.batch_size
         return max(1, round(CPU_CHUNK_IMAGES / b)) * b
 
-    def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _images(self, epoch: Epoch) -> Iterator[torch.Tensor]:
         if self.cfg.augmented or self.cfg.shuffle:
-            yield from self._epoch()
+            yield from self._augmented(epoch)
             return
         if self._kept is None:  # an evaluation split: the same batches every epoch, made once
-            self._kept = list(self._epoch())
+            self._kept = list(self._augmented(epoch))
             self._scratch = None
         yield from self._kept
 
-    def _epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This epoch's batches, a chunk at a time: views of the chunk's augmented images, and their labels."""
-        c, b = self.cfg, self.cfg.batch_size
-        order = self.device_order()[:len(self) * b]  # drop_last: the tail that makes no whole batch
+    def _augmented(self, epoch: Epoch) -> Iterator[torch.Tensor]:
+        """The epoch's images a chunk at a time (steps 1-5, or 4-5 unaugmented), as views of each chunk."""
+        c, b = self.cfg, epoch.batch_size
+        order = to_device(torch.from_numpy(epoch.visited), c.device)
         n = order.shape[0]
         chunk = self._chunk(n)
         if self._scratch is None or self._scratch.pixels.shape[0] < min(chunk, n):
-            self._scratch = Scratch(min(chunk, n), self.norm.scale.shape[0], c.device)
-        if self._device_labels is None:
-            self._device_labels = to_device(self.split.labels, c.device)
-        labels = self._device_labels[order].split(b)
+            self._scratch = Scratch(min(chunk, n), self.stats.scale.shape[0], c.device)
         if self.windows is not None:
-            p = BatchParams.from_params(self.epoch_params(), c.device)
+            p = BatchParams.from_params(epoch.params, c.device)
             offsets = self.windows.offsets(order, p)
-            delta = pca_delta(p.alpha[order], self.norm) if c.jitter else None
+            delta = pca_delta(p.alpha[order], self.stats) if c.jitter else None
         for s in range(0, n, chunk):
             if self.windows is None:
-                out = normalise_chunk(self.planes, order[s:s + chunk], self.norm, c.dtype, c.channels_last,
+                out = normalise_chunk(self.planes, order[s:s + chunk], self.stats, c.dtype, c.channels_last,
                                       self._scratch)
             else:
                 out = augment_chunk(self.windows, offsets[s:s + chunk], None if delta is None else delta[s:s + chunk],
-                                    self.norm, c.dtype, c.channels_last, self._scratch)
-            yield from zip(out.split(b), labels[s // b:(s + chunk) // b])
+                                    self.stats, c.dtype, c.channels_last, self._scratch)
+            yield from out.split(b)

@@ -7,7 +7,7 @@ processes. Deliberately not optimised: every benchmark is a ratio against it.
 The transforms are torchvision's functional ones (`TF.pad`, `TF.crop`,
 `TF.hflip`): what `Pad(4)`, `RandomCrop(32)` and `RandomHorizontalFlip()` do
 once they have drawn their parameters, here given by the epoch's table
-(BaseLoader.epoch_params), which the sampler hands each worker with the
+(the loader's Epoch), which the sampler hands each worker with the
 image's position. So an epoch's augmentation does not depend on which worker
 served which image, and is the one every other backend applies. The PCA
 jitter runs after ToTensor, on floats: jittering the PIL image would round
@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..augment import CROP, PAD, pca_matrix
 from ..format.split import Split
-from .base import BaseLoader, LoaderConfig
+from .base import BaseLoader, Epoch, LoaderConfig
 
 
 class PCAJitter(torch.nn.Module):
@@ -69,19 +69,19 @@ class CifarImages(Dataset):
 
 
 class _EpochSampler(Sampler):
-    """Yields each image of the loader's current epoch, in order, with its parameters when augmenting."""
+    """Yields each image of the epoch being iterated, in order, with its parameters when augmenting."""
 
-    def __init__(self, loader: "TorchvisionLoader"):
-        self.loader = loader
+    def __init__(self) -> None:
+        self.epoch: Optional[Epoch] = None  # set by the loader before each iteration
 
     def __len__(self) -> int:
-        return len(self.loader.order())
+        return len(self.epoch.order)
 
     def __iter__(self):
-        order = self.loader.order()
-        if not self.loader.cfg.augmented:
+        order = self.epoch.order
+        if self.epoch.params is None:
             return iter([(int(pos),) for pos in order])
-        p = self.loader.epoch_params().take(order)
+        p = self.epoch.params.take(order)
         return iter(zip(order.tolist(), p.dx.tolist(), p.dy.tolist(), p.flip.tolist(), *p.alpha.T.tolist()))
 
 
@@ -91,14 +91,16 @@ class TorchvisionLoader(BaseLoader):
     def __init__(self, cfg: LoaderConfig, split: Optional[Split] = None):
         super().__init__(cfg, split)
         workers = max(0, cfg.num_workers)
+        self.sampler = _EpochSampler()
         self.dl = DataLoader(
-            CifarImages(self.split, cfg), batch_size=cfg.batch_size, sampler=_EpochSampler(self),
+            CifarImages(self.split, cfg), batch_size=cfg.batch_size, sampler=self.sampler,
             drop_last=cfg.drop_last, num_workers=workers, pin_memory=cfg.device.type == "cuda",
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
         )
 
-    def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _images(self, epoch: Epoch) -> Iterator[torch.Tensor]:
         # batches come in the sampler's order (the DataLoader keeps it, whatever worker made each), so batch k
-        # holds this epoch's positions k * batch_size ...; on CUDA they arrive pinned: the copy does not block
-        for k, x in enumerate(self.dl):
-            yield self._emit(x.to(self.cfg.device, non_blocking=True), k)
+        # holds the epoch's positions k * batch_size ...; on CUDA they arrive pinned: the copy does not block
+        self.sampler.epoch = epoch
+        for x in self.dl:
+            yield x.to(self.cfg.device, non_blocking=True)

@@ -19,7 +19,7 @@ those of every other backend). The pipeline then runs the steps of docs/design.m
 
 The pipeline is built once and reset between epochs. dx, dy, flip and alpha
 come through the external source too, from the epoch's parameter table
-(`BaseLoader.epoch_params`: drawn on the host from (seed, epoch) alone), so an
+(the loader's `Epoch`: drawn on the host from (seed, epoch) alone), so an
 epoch is reproducible and an image's augmentation does not depend on the rank.
 DALI's own generators would not do: in a pipeline that lives across epochs
 their state carries over, and a resumed run would not see what an
@@ -41,7 +41,7 @@ import torch
 from ...augment import CROP, PAD, pca_matrix
 from ...format.split import Split
 from . import build as dali_build
-from ..base import BaseLoader, LoaderConfig
+from ..base import BaseLoader, Epoch, LoaderConfig
 
 _warned: set[str] = set()
 
@@ -96,6 +96,8 @@ class DaliLoader(BaseLoader):
     """See the module docstring. use_plugin=False forces the built-in composition for step 3;
     plugin_path loads that prebuilt library instead of the cached build."""
 
+    OPTIONS = ("use_plugin", "plugin_path")
+
     def __init__(self, cfg: LoaderConfig, split: Optional[Split] = None, use_plugin: bool = True,
                  plugin_path: Optional[str] = None):
         super().__init__(cfg, split)
@@ -110,7 +112,7 @@ class DaliLoader(BaseLoader):
         self.images = self.split.images.numpy()  # the memory map itself: batches are gathered from it
         self._pipe: Any = None
         self._finished = False  # whether the last epoch ran to its end (then the pipeline is only reset)
-        self._feed: tuple = ()  # (order, parameters, batches) of the epoch being fed
+        self._feed: Optional[Epoch] = None  # the epoch being fed
         stats = self.split.meta.stats
         self.mean = [float(v) for v in stats.mean]
         self.std = [float(v) for v in stats.std]
@@ -126,15 +128,15 @@ class DaliLoader(BaseLoader):
         c = self.cfg
 
         def source(info: Any) -> Any:
-            order, params, batches = self._feed
+            epoch = self._feed
             k = info.iteration
-            if k >= batches:
+            if k >= len(epoch):
                 raise StopIteration
-            idx = order[k * c.batch_size:(k + 1) * c.batch_size]
+            idx = epoch.positions(k)
             images = self.images[idx]
-            if params is None:
+            if epoch.params is None:
                 return images
-            p = params.take(idx)
+            p = epoch.params.take(idx)
             offsets = np.stack([p.dy, p.dx], axis=1).astype(np.int32)
             return images, offsets, p.flip.astype(np.int32), np.ascontiguousarray(p.alpha, dtype=np.float32)
 
@@ -188,21 +190,20 @@ class DaliLoader(BaseLoader):
 
     def _to_torch(self, out: Any) -> torch.Tensor:
         """DALI's output as an NCHW torch tensor through DLPack: no copy (on CUDA, torch's stream waits for
-        DALI's, without the host waiting); `_emit`'s cast to the compute dtype is the one pass over it. The
+        DALI's, without the host waiting); the loader's cast to the compute dtype is the one pass over it. The
         dynamic executor hands each output over for good, so torch may keep the buffer itself."""
         t = torch.from_dlpack(out.as_tensor())
         return t.permute(0, 3, 1, 2) if self.cfg.channels_last else t  # NHWC viewed as NCHW is channels_last
 
-    def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        c = self.cfg
-        batches = len(self)
+    def _images(self, epoch: Epoch) -> Iterator[torch.Tensor]:
+        batches = len(epoch)
         if batches == 0:
             return
-        self._feed = (self.order(), self.epoch_params() if c.augmented else None, batches)
+        self._feed = epoch
         pipe = self._pipeline()
         self._finished = False
         for k in range(batches):
             (out,) = pipe.run()
             if k == batches - 1:
                 self._finished = True
-            yield self._emit(self._to_torch(out), k)
+            yield self._to_torch(out)

@@ -5,7 +5,7 @@ Pipelines (`jitter_on="cpu"`, the default off CUDA; all numba, `num_workers` thr
     image  SimpleRGBImageDecoder -> TranslateFlip -> PCAJitterNormalise   train
            SimpleRGBImageDecoder -> TranslateFlip -> NormalizeImage       train, pca="off"
            SimpleRGBImageDecoder -> NormalizeImage                       val / test
-    label  not decoded: labels are gathered on the device from the epoch order (base.BaseLoader._emit)
+    label  not decoded: the loader gathers them on the device by the epoch's order (base.py)
 
 (plus ToTensor -> ToDevice when the target is not the CPU), then one copy into NCHW of the
 requested dtype and memory format (a permute is all channels_last needs). The
@@ -30,7 +30,7 @@ epoch counter and refills the parameter tables that the compiled ops read
 (ops/runtime.py), and nothing is recompiled. One epoch runs at a time:
 starting an iteration closes any earlier one still running.
 
-Randomness: the parameters are the epoch's table (BaseLoader.epoch_params,
+Randomness: the parameters are the epoch's table (the loader's Epoch,
 drawn from (seed, epoch) alone), indexed by split position: identical (seed,
 epoch) give identical batches whatever the thread count, and an image's
 augmentation does not depend on the sharding.
@@ -50,7 +50,7 @@ from ...format.beton import FFCV_INSTALL, beton_path, ffcv_works
 from ...device import to_device
 from ...errors import DataError
 from ...format.split import Split
-from ..base import BaseLoader, LoaderConfig
+from ..base import BaseLoader, Epoch, LoaderConfig
 
 JITTER_ON = ("auto", "cpu", "device")
 
@@ -93,6 +93,8 @@ def check_beton(path: Path, split: Split) -> None:
 class FfcvLoader(BaseLoader):
     """See the module docstring; `jitter_on` chooses where steps 3-4 run: "cpu" (numba), "device" (torch)."""
 
+    OPTIONS = ("jitter_on",)
+
     def __init__(self, cfg: LoaderConfig, split: Optional[Split] = None, jitter_on: str = "auto"):
         super().__init__(cfg, split)
         if jitter_on not in JITTER_ON:
@@ -108,7 +110,7 @@ class FfcvLoader(BaseLoader):
 
         self._ops = ffcv_ops
         self.tables = ffcv_ops.ParamTables(len(self.split))
-        self.norm = DeviceStats(self.split.meta.stats, cfg.pca, cfg.device) if self.on_device else None
+        self.stats = DeviceStats(self.split.meta.stats, cfg.pca, cfg.device) if self.on_device else None
         # numba refuses more threads than it started with (its default: the CPU count)
         self.threads = max(1, min(cfg.num_workers, numba.config.NUMBA_NUM_THREADS))
         self._live = None
@@ -139,23 +141,23 @@ class FfcvLoader(BaseLoader):
             pipeline += [ToTensor(), ToDevice(c.device, non_blocking=True)]
         return pipeline  # for the CPU, FFCV's own NumPy buffer: _finish copies out of it
 
-    def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        c = self.cfg
+    def _images(self, epoch: Epoch) -> Iterator[torch.Tensor]:
         self._stop(self._live)  # no FFCV thread may read the tables while they are refilled
-        if c.augmented:
-            self.tables.fill(self.epoch_params())
-        self._ffcv.next_epoch = self.epoch  # FFCV asks its traversal order for this epoch
+        if epoch.params is not None:
+            self.tables.fill(epoch.params)
+        self._ffcv.next_epoch = epoch.number  # FFCV asks its traversal order (EpochOrder) for this epoch
         epoch_iter = self._live = iter(self._ffcv)
         try:
-            # FFCV visits the order in sequence, so batch k holds this epoch's positions k * batch_size ...
+            # FFCV visits the order in sequence, so batch k holds the epoch's positions k * batch_size ...
             for k, (images,) in enumerate(epoch_iter):
-                yield self._emit(self._finish(images, k), k)
+                yield self._finish(images, epoch.positions(k))
         finally:
             self._stop(epoch_iter)
 
-    def _finish(self, images, k: int) -> torch.Tensor:
+    def _finish(self, images, positions: np.ndarray) -> torch.Tensor:
         """FFCV's NHWC output (a NumPy buffer on the CPU path, else a torch tensor) -> NCHW images that are not
-        FFCV's buffer, which it recycles a few batches later (`_emit` casts; for float32 that is no copy)."""
+        FFCV's buffer, which it recycles a few batches later (the loader's cast to the requested dtype follows;
+        for float32 that is no copy)."""
         c = self.cfg
         if isinstance(images, np.ndarray):
             if c.dtype != torch.float32:
@@ -168,13 +170,12 @@ class FfcvLoader(BaseLoader):
         x = images.permute(0, 3, 1, 2)
         if not self.on_device:
             return x.clone() if c.dtype == torch.float32 else x
-        return jitter_normalise(x, self._alphas(k) if c.jitter else None, self.norm)
+        return jitter_normalise(x, self._alphas(positions) if c.jitter else None, self.stats)
 
-    def _alphas(self, k: int) -> torch.Tensor:
-        """Batch k's alphas for the device tail (those PCAJitterNormalise would read), sent asynchronously."""
-        c = self.cfg
-        index = self.order()[k * c.batch_size:(k + 1) * c.batch_size]
-        return to_device(torch.from_numpy(self.tables.alpha.array[index]), c.device)
+    def _alphas(self, positions: np.ndarray) -> torch.Tensor:
+        """The alphas of the images at `positions` for the device tail (those PCAJitterNormalise would read),
+        sent asynchronously."""
+        return to_device(torch.from_numpy(self.tables.alpha.array[positions]), self.cfg.device)
 
     def _stop(self, epoch_iter) -> None:
         """Close an FFCV epoch iterator and wait for its thread: its batches are no longer wanted, and the
