@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,6 +21,7 @@ import torch
 from alexpipe.pipeline.convert.conversion import convert
 from alexpipe.train import checkpoint, distributed, run as run_module
 from alexpipe.train.errors import TrainingError
+from alexpipe.train.folder import resume_hint
 from alexpipe.train.recipes import get_recipe
 from alexpipe.train.run import RunOptions, fit
 
@@ -123,9 +123,10 @@ def test_ctrl_c_hints_are_commands_that_work(small_data, tmp_path):
 
 
 def test_the_torchrun_hint_is_a_torchrun_command(tmp_path):
-    run = SimpleNamespace(out=tmp_path / "a b", world=distributed.World(rank=0, world_size=4, local_rank=0))
-    assert shlex.split(run_module._resume_hint(run)) == ["torchrun", "--nproc-per-node", "4", "-m", "alexpipe",
-                                                         "train", "--out", str(tmp_path / "a b"), "--resume"]
+    world = distributed.World(rank=0, world_size=4, local_rank=0)
+    assert shlex.split(resume_hint(tmp_path / "a b", world)) == ["torchrun", "--nproc-per-node", "4", "-m",
+                                                                 "alexpipe", "train", "--out", str(tmp_path / "a b"),
+                                                                 "--resume"]
 
 
 def test_extending_a_one_cycle_run_is_refused_or_rebuilt_never_at_lr_zero(small_data, tmp_path):

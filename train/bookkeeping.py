@@ -18,10 +18,22 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
+from alexpipe.terminal import note
+
+from . import checkpoint
+from .errors import TrainingError
+from .metrics import write_jsonl
+from .plot import plot_curves
+
+if TYPE_CHECKING:
+    from .parts import Data, Progress, Setup
+    from .step import TrainStep
+
+RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt", "summary.json")
 
 def _leaves(obj: Any, out: list[torch.Tensor], seen: dict) -> Any:
     """`obj` with every tensor replaced by its position in `out` (tensors appended there). One tensor reached
@@ -183,4 +195,115 @@ def remove_temporaries(folder: Path, names: tuple[str, ...]) -> None:
             p.unlink(missing_ok=True)
 
 
-__all__ = ["Snapshot", "WriteFailed", "Writer", "remove_temporaries"]
+class Books:
+    """What rank 0 keeps of a run between epochs, and the files it makes of it.
+
+    `keep` snapshots the end of every epoch; `publish` queues the files due:
+    last.pt every `--checkpoint-every` epochs and after the last one, the
+    metrics file every epoch, the curves at most once a minute. `close` writes
+    whatever is newer than the files (last.pt, best.pt, the metrics, the
+    curves) and waits for the writer: at the end, on Ctrl-C, on a failure.
+    """
+
+    CURVES_EVERY = 60.0  # seconds
+
+    def __init__(self, setup: "Setup", data: "Data", model: torch.nn.Module, step: "TrainStep",
+                 config: dict[str, Any], progress: "Progress"):
+        self.out, self.writes, self.recipe = setup.out, setup.world.is_main, setup.recipe
+        self.checkpoint_every = setup.opt.checkpoint_every
+        self.identity, self.classes = data.identity, list(data.classes)
+        self.model, self.step, self.config, self.progress = model, step, config, progress
+        self.writer = Writer()
+        self.latest, self.best = Snapshot(), Snapshot()
+        self.written = progress.start_epoch - 1  # the epoch last.pt holds (a resumed run's, to begin with)
+        self.curves_at = time.perf_counter()
+        self.tail: list[dict[str, Any]] = []  # records after the epochs' in the metrics file (the test's)
+        self.closed = False
+
+    def keep(self, epoch: int, rngs: Any) -> None:
+        """This epoch's end, everything a checkpoint holds but the run's records (added when it is written)."""
+        step = self.step
+        self.latest.take({"epoch": epoch, "model": self.model.state_dict(),
+                          "optimizer": step.optimizer.state_dict(), "schedule": step.schedule.state_dict(),
+                          "scaler": step.scaler.state_dict() if step.scaler.is_enabled() else None, "rng": rngs},
+                         epoch=epoch, history=len(self.progress.history), best=dict(self.progress.best))
+
+    def publish(self, epoch: int) -> None:
+        if epoch % self.checkpoint_every == 0 or epoch == self.recipe.epochs:
+            self._last()
+        self._submit(self._metrics)
+        if time.perf_counter() - self.curves_at >= self.CURVES_EVERY:
+            self._curves()
+
+    def close(self, interrupted: bool = False, abandon: bool = False) -> int:
+        """Write what is not yet on disk and wait for it; the epoch last.pt then holds. After a failure, a write
+        that fails too is not raised over the first error. A second Ctrl-C (`abandon`, or one arriving while
+        this waits) abandons the writes: their temporary files go, and what is on disk stays as it was."""
+        if self.closed or not self.writes:
+            return self.written
+        self.closed = True
+        failed_before = self.writer.failed  # a failure the run is already stopping for
+        try:
+            if abandon:
+                raise KeyboardInterrupt
+            if not self.latest.empty and self.latest.meta["epoch"] > self.written:
+                self._last()
+            if not self.best.empty:
+                self._submit(self._best_file, reads=self.best)
+            if self.progress.history:
+                self._submit(self._metrics)
+                self._curves()
+            self.writer.drain()
+        except KeyboardInterrupt:
+            remove_temporaries(self.out, RUN_FILES)
+            self.written = self._on_disk()
+        except (WriteFailed, TrainingError) as exc:
+            if not interrupted:
+                raise TrainingError(str(exc)) from None
+            if not failed_before:  # the run stops for another reason: say this too
+                note(str(exc))
+        finally:
+            self.writer.close()
+        return self.written
+
+    def _on_disk(self) -> int:
+        try:
+            return int(checkpoint.load(self.out / "last.pt")["epoch"])
+        except (ValueError, KeyError, TypeError):
+            return 0
+
+    def _submit(self, job: Callable[..., None], reads: Optional[Snapshot] = None) -> None:
+        try:
+            self.writer.submit(job, reads=reads)
+        except WriteFailed as exc:
+            raise TrainingError(str(exc)) from None
+
+    def _last(self) -> None:
+        meta = self.latest.meta
+        self.written = meta["epoch"]
+        self._submit(lambda state: checkpoint.save_atomic(self._records(state, meta), self.out / "last.pt"),
+                     reads=self.latest)
+
+    def _best_file(self, state: dict) -> None:
+        """best.pt: the best epoch's weights and the run's records up to it (no optimiser: it is for evaluating)."""
+        epoch = self.best.meta["epoch"]
+        meta = {"history": sum(1 for h in self.progress.history if h["epoch"] <= epoch), "best": self.progress.best}
+        checkpoint.save_atomic(self._records({**state, "epoch": epoch}, meta), self.out / "best.pt")
+
+    def _records(self, state: dict, meta: dict) -> dict:
+        return {**checkpoint.plain_numbers(state), "recipe": self.recipe.to_dict(), "data": self.identity,
+                "history": [dict(h) for h in self.progress.history[:meta["history"]]], "best": meta["best"],
+                "classes": self.classes, "run": self.config}
+
+    def _metrics(self) -> None:
+        records = [self.config, *[dict(h) for h in self.progress.history], *self.tail]
+        write_jsonl(self.out / "metrics.jsonl", records)
+
+    def _curves(self) -> None:
+        self.curves_at = time.perf_counter()
+        history = [dict(h) for h in self.progress.history]
+        self._submit(lambda: plot_curves(history, self.out / "curves.png",
+                                         title=f"alexpipe {self.recipe.name} recipe"))
+
+
+__all__ = ["Books", "Snapshot", "WriteFailed", "Writer", "remove_temporaries"]
