@@ -7,27 +7,28 @@ answers at once.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import math
 import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from alexpipe.atomic import WriteError, reason
 from alexpipe.choices import choice, plain
-from alexpipe.model import INIT_SCHEMES
+from alexpipe.help import Grouped
 from alexpipe.paths import GROWS, check_fits
-from alexpipe.pipeline.augment import PCA_VARIANTS
 from alexpipe.pipeline.constants import SPLITS
 from alexpipe.pipeline.loaders import BACKENDS
 from alexpipe.terminal import console, fail, literal, note
 
 from .hardware import AMP_MODES, COMPILE_MODES, DEVICES
-from .recipes import INPUTS, MODELS, RECIPES, SCHEDULES, Recipe, check_model, get_recipe
+from .recipes import RECIPES, Recipe, check_model, get_recipe
 
 DEFAULT_DATA = Path("data/cifar10")
 _RECIPE_HELP = "Overrides the recipe's value."
@@ -46,102 +47,111 @@ def _overrides(**given) -> dict:
     return out
 
 
-# The options of `train`, one alias each (typer reads them from train_cmd's signature). Recipe overrides first.
-_R = _RECIPE_HELP
-Epochs = Annotated[Optional[int], typer.Option(help=f"{_R} Epochs to train (blog 49, paper 90).")]
-BatchSize = Annotated[Optional[int], typer.Option(help=f"{_R} Global batch size (per process x processes).")]
-Lr = Annotated[Optional[float], typer.Option(help=f"{_R} Peak learning rate.")]
-Momentum = Annotated[Optional[float], typer.Option(help=f"{_R} SGD momentum.")]
-Nesterov = Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov", help=_R)]
-WeightDecay = Annotated[Optional[float], typer.Option(help=f"{_R} L2 weight decay.")]
-ScheduleOpt = Annotated[Optional[choice("Schedule", SCHEDULES)], typer.Option(help=_R)]
-StepEpochs = Annotated[Optional[str], typer.Option(help=f"{_R} For 'step': comma-separated epochs after which lr "
-                                                         "is multiplied by gamma.")]
-Gamma = Annotated[Optional[float], typer.Option(help=f"{_R} lr factor of 'step' and 'plateau'.")]
-Patience = Annotated[Optional[int], typer.Option(help=f"{_R} Epochs without val-loss improvement before 'plateau' "
-                                                       "cuts lr.")]
-Warmup = Annotated[Optional[float], typer.Option(help=f"{_R} Linear warm-up of 'onecycle', in epochs.")]
-Clip = Annotated[Optional[float], typer.Option(help=f"{_R} Gradient max-norm; 0 = off.")]
-Init = Annotated[Optional[choice("Init", INIT_SCHEMES)], typer.Option(help=f"{_R} Weight init.")]
-Dropout = Annotated[Optional[float], typer.Option(help=f"{_R} Dropout of the FC layers.")]
-Smoothing = Annotated[Optional[float], typer.Option(help=f"{_R} Label smoothing of the loss.")]
-Pca = Annotated[Optional[choice("Pca", PCA_VARIANTS)], typer.Option(help=f"{_R} PCA colour jitter.")]
-Inputs = Annotated[Optional[choice("Inputs", INPUTS)], typer.Option(help=f"{_R} What the network is fed: "
-                                               "normalised (x / 255 - mean) / std, or pixels (x - mean on the "
-                                               "0..255 scale, the paper's).")]
-PcaSigma = Annotated[Optional[float], typer.Option(help=f"{_R} Std of the PCA coefficients alpha.")]
-Loader = Annotated[Optional[choice("Backend", BACKENDS)], typer.Option(help=f"{_R} Input pipeline.")]
-TtaFlip = Annotated[Optional[bool], typer.Option("--tta-flip/--no-tta-flip", help=f"{_R} Evaluate on image + "
-                                                                                    "mirror.")]
-Seed = Annotated[Optional[int], typer.Option(help=f"{_R} Seeds weights, shuffles and augmentation.")]
-Model = Annotated[Optional[str], typer.Option(metavar="<" + "|".join(MODELS) + ">", help=f"{_R} Network.")]
-# ... then where and how to run it
+# The options of `train`: the recipe's fields (made from train/recipes.py by `_recipe_options`), and these,
+# where and how to run it. Each in its --help panel.
+RECIPE, FOLDERS, RUNTIME = "Recipe", "Data and run folder", "Runtime"
 Data = Annotated[Optional[Path], typer.Option(help="Folder written by `alexpipe convert` [default: data/cifar10, "
-                                                   "or the run's own with --resume].")]
+                                                   "or the run's own with --resume].", rich_help_panel=FOLDERS)]
 Out = Annotated[Path, typer.Option(help="Run folder: last.pt, best.pt, metrics.jsonl, curves.png, config.json, "
-                                        "summary.json.")]
-RecipeName = Annotated[Optional[choice("RecipeName", RECIPES)], typer.Option("--recipe",
-                                                   help="Named recipe [default: blog, or the run's own with "
-                                                        "--resume].")]
-Device = Annotated[choice("Device", DEVICES), typer.Option(help="auto: a GPU when there is one.")]
+                                        "summary.json.", rich_help_panel=FOLDERS)]
+RecipeName = Annotated[Optional[choice("RecipeName", RECIPES)], typer.Option(
+    "--recipe", help="Named recipe [default: blog, or the run's own with --resume].", rich_help_panel=RECIPE)]
+Device = Annotated[choice("Device", DEVICES), typer.Option(help="auto: a GPU when there is one.",
+                                                           rich_help_panel=RUNTIME)]
 Amp = Annotated[Optional[choice("Amp", AMP_MODES)], typer.Option(help="Mixed precision: auto (bf16 where the "
                                   "hardware does it natively, else fp16 on CUDA, off on other CPUs) | bf16 | fp16 "
                                   "(with a gradient scaler) | off [default: auto, or the run's own with --resume].",
-                                  show_default=False)]
+                                  show_default=False, rich_help_panel=RUNTIME)]
 ChannelsLast = Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last",
-                                                      help="Memory format [default: on for CUDA, off on CPU].")]
+                                                      help="Memory format [default: on for CUDA, off on CPU].",
+                                                      rich_help_panel=RUNTIME)]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the hot path: the model with its loss "
-                                                         "(forward and backward), the gradient clipping and, with "
-                                                         "the resident loader, the augmentation.")]
+                                                         "(forward and backward), the gradient clipping, and the "
+                                                         "evaluation.", rich_help_panel=RUNTIME)]
 CompileMode = Annotated[choice("CompileMode", COMPILE_MODES), typer.Option(
                                           help="torch.compile mode with --compile (reduce-overhead: torch's CUDA "
-                                               "graphs, which --cuda-graphs replaces with one graph per step).")]
+                                               "graphs, which --cuda-graphs replaces with one graph per step).",
+                                          rich_help_panel=RUNTIME)]
 CudaGraphs = Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs",
                                                     help="Capture the whole training step (forward, backward, "
                                                          "clipping, update) in one CUDA graph, replayed every batch "
-                                                         "[default: on for CUDA with bf16 or fp32 in one process].")]
+                                                         "[default: on for CUDA with bf16 or fp32 in one process].",
+                                                    rich_help_panel=RUNTIME)]
 CheckpointEvery = Annotated[int, typer.Option(help="Write last.pt every N epochs, in the background (also after "
                                                    "the last epoch, and on Ctrl-C or a failure: the last finished "
-                                                   "epoch). A kill -9 loses at most N - 1 epochs.")]
-Subset = Annotated[Optional[int], typer.Option(help="Train on a class-balanced subset of N train images.")]
-EvalSubset = Annotated[Optional[int], typer.Option(help="Validate/test on class-balanced subsets of N images.")]
+                                                   "epoch). A kill -9 loses at most N - 1 epochs.",
+                                              rich_help_panel=FOLDERS)]
+Subset = Annotated[Optional[int], typer.Option(help="Train on a class-balanced subset of N train images.",
+                                               rich_help_panel=FOLDERS)]
+EvalSubset = Annotated[Optional[int], typer.Option(help="Validate/test on class-balanced subsets of N images.",
+                                                   rich_help_panel=FOLDERS)]
 Workers = Annotated[Optional[int], typer.Option(help="Worker processes (torchvision) or threads (DALI, FFCV), at "
-                                                      "most the usable CPU cores [default: 2].")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")]
-Force = Annotated[bool, typer.Option("--force", help="Start over in a non-empty --out, or resume despite a changed "
-                                                     "recipe/dataset (the optimiser and lr schedule then continue "
-                                                     "from their saved state).")]
-LogEvery = Annotated[int, typer.Option(help="Steps between progress updates (each one syncs the device).")]
+                                                      "most the usable CPU cores [default: 2].",
+                                                rich_help_panel=RUNTIME)]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.",
+                                      rich_help_panel=FOLDERS)]
+Force = Annotated[bool, typer.Option("--force", help="Start over in a non-empty --out, or resume with changed "
+                                                     "settings: they take effect from the resumed epoch on, and "
+                                                     "config.json records where.", rich_help_panel=FOLDERS)]
+LogEvery = Annotated[int, typer.Option(help="Steps between progress updates (each one syncs the device).",
+                                       rich_help_panel=RUNTIME)]
 ScaleLr = Annotated[bool, typer.Option("--scale-lr", help="Linear scaling rule: multiply lr by batch size / the "
                                                           "recipe's batch size (off: a recipe means the same thing "
-                                                          "on 1 or N processes at the same global batch).")]
+                                                          "on 1 or N processes at the same global batch).",
+                                       rich_help_panel=RECIPE)]
 DistTimeout = Annotated[float, typer.Option(help="Seconds a distributed collective may wait before the job fails "
-                                                 "(a crashed or stuck rank ends the run, not hangs it).")]
-_RECIPE_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "schedule", "step_epochs",
-                   "gamma", "patience", "warmup_epochs", "clip_grad_norm", "init", "dropout", "label_smoothing",
-                   "pca", "inputs", "pca_sigma", "loader", "tta_flip", "seed", "model")
+                                                 "(a crashed or stuck rank ends the run, not hangs it).",
+                                            rich_help_panel=RUNTIME)]
+_RUN_OPTIONS = (("data", Data, None), ("out", Out, Path("runs/blog")), ("recipe", RecipeName, None),
+                ("scale_lr", ScaleLr, False), ("device", Device, "auto"), ("amp", Amp, None),
+                ("channels_last", ChannelsLast, None), ("compile", Compile, False),
+                ("compile_mode", CompileMode, "default"), ("cuda_graphs", CudaGraphs, None),
+                ("checkpoint_every", CheckpointEvery, 5), ("subset", Subset, None), ("eval_subset", EvalSubset, None),
+                ("workers", Workers, None), ("resume", Resume, False), ("force", Force, False),
+                ("log_every", LogEvery, 20), ("dist_timeout", DistTimeout, 600.0))
 
 
-def train_cmd(
-    data: Data = None, out: Out = Path("runs/blog"), recipe: RecipeName = None, epochs: Epochs = None,
-    batch_size: BatchSize = None, lr: Lr = None, momentum: Momentum = None, nesterov: Nesterov = None,
-    weight_decay: WeightDecay = None, schedule: ScheduleOpt = None, step_epochs: StepEpochs = None,
-    gamma: Gamma = None, patience: Patience = None, warmup_epochs: Warmup = None, clip_grad_norm: Clip = None,
-    init: Init = None, dropout: Dropout = None, label_smoothing: Smoothing = None, pca: Pca = None,
-    inputs: Inputs = None, pca_sigma: PcaSigma = None, loader: Loader = None, tta_flip: TtaFlip = None,
-    seed: Seed = None, model: Model = None, device: Device = "auto", amp: Amp = None,
-    channels_last: ChannelsLast = None, compile: Compile = False, compile_mode: CompileMode = "default",
-    cuda_graphs: CudaGraphs = None, checkpoint_every: CheckpointEvery = 5, subset: Subset = None,
-    eval_subset: EvalSubset = None, workers: Workers = None, resume: Resume = False, force: Force = False,
-    log_every: LogEvery = 20, scale_lr: ScaleLr = False, dist_timeout: DistTimeout = 600.0,
-) -> None:
+def _recipe_options() -> list[inspect.Parameter]:
+    """An option per recipe field that has a help text (train/recipes.py `_option`): its name, type, choices and
+    help come from the field, so that adding a field to Recipe adds its option. None means "the recipe's"."""
+    params = []
+    for f in dataclasses.fields(Recipe):
+        if "help" not in f.metadata:
+            continue
+        choices, dash, default = f.metadata["choices"], f.name.replace("_", "-"), f.default
+        decls: tuple[str, ...] = (f"--{dash}/--no-{dash}",) if isinstance(default, bool) else ()
+        if isinstance(default, bool):
+            kind: Any = bool
+        elif choices and f.metadata["checked"]:
+            kind = choice(f.name, choices)
+        elif isinstance(default, (int, float)):
+            kind = type(default)
+        else:  # text: the network (refused by `validate` in a fuller sentence), the comma-separated step epochs
+            kind = str
+        shown = {"metavar": "<" + "|".join(choices) + ">"} if choices and not f.metadata["checked"] else {}
+        option = typer.Option(*decls, help=f"{_RECIPE_HELP} {f.metadata['help']}".strip(), rich_help_panel=RECIPE,
+                              **shown)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[Optional[kind], option]))
+    return params
+
+
+def _signature() -> inspect.Signature:
+    """train's options: the recipe's after --recipe, the others around them."""
+    ours = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+            for name, annotation, default in _RUN_OPTIONS]
+    return inspect.Signature(ours[:3] + _recipe_options() + ours[3:])
+
+
+def train_cmd(**options: Any) -> None:
     """Train AlexNet on converted CIFAR-10 (default: the write-up's 49-epoch recipe)."""
-    given = {k: plain(v) for k, v in locals().items()}
+    given = {k: plain(v) for k, v in options.items()}
+    data, out, recipe, device, amp = (given[k] for k in ("data", "out", "recipe", "device", "amp"))
+    subset, eval_subset, resume, force = (given[k] for k in ("subset", "eval_subset", "resume", "force"))
     _check_out(out)
     if data is not None:
         check_fits("--data", data, grows=GROWS)
-    changes = _overrides(**{k: given[k] for k in _RECIPE_OPTIONS})
-    recipe, device, amp, compile_mode = (given[k] for k in ("recipe", "device", "amp", "compile_mode"))
+    changes = _overrides(**{p.name: given[p.name] for p in _recipe_options()})
     data_from = None
     try:
         if resume:
@@ -161,18 +171,20 @@ def train_cmd(
             base = get_recipe(recipe or "blog")
         amp = amp or "auto"
         r = base.replace(**changes)
-        if scale_lr:
+        if given["scale_lr"]:
             r = r.replace(lr=r.lr * r.batch_size / base.batch_size)
     except (ValueError, TypeError) as exc:
         fail(str(exc))
-    _check_run_options(subset=subset, eval_subset=eval_subset, dist_timeout=dist_timeout)
-    workers = _workers(workers)
+    _check_run_options(subset=subset, eval_subset=eval_subset, dist_timeout=given["dist_timeout"])
     _run(data if data is not None else DEFAULT_DATA, out, r, dict(
-        device=device, amp=amp, channels_last=channels_last, compile=compile, compile_mode=compile_mode,
-        cuda_graphs=cuda_graphs, checkpoint_every=checkpoint_every, subset=subset, eval_subset=eval_subset,
-        data_from=data_from,
-        num_workers=workers, resume=resume, force=force, log_every=max(1, log_every), dist_timeout=dist_timeout,
-        command=" ".join(shlex.quote(a) for a in ["alexpipe", *sys.argv[1:]])))
+        device=device, amp=amp, channels_last=given["channels_last"], compile=given["compile"],
+        compile_mode=given["compile_mode"], cuda_graphs=given["cuda_graphs"],
+        checkpoint_every=given["checkpoint_every"], subset=subset, eval_subset=eval_subset, data_from=data_from,
+        num_workers=_workers(given["workers"]), resume=resume, force=force, log_every=max(1, given["log_every"]),
+        dist_timeout=given["dist_timeout"], command=" ".join(shlex.quote(a) for a in ["alexpipe", *sys.argv[1:]])))
+
+
+train_cmd.__signature__ = _signature()  # typer reads the options from it
 
 
 MAX_DIST_TIMEOUT = 7 * 24 * 3600  # a week: longer is no timeout at all, and far larger overflows a timedelta
@@ -399,5 +411,5 @@ def confusion_table(classes: list[str], conf: list[list[int]], per_class: list[f
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train_cmd)
+    app.command("train", cls=Grouped)(train_cmd)
     app.command("evaluate")(evaluate_cmd)

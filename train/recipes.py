@@ -8,40 +8,63 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from alexpipe.model import INIT_SCHEMES
+from alexpipe.pipeline.augment import PCA_VARIANTS
+from alexpipe.pipeline.loaders import BACKENDS
+
+
+SCHEDULES = ("step", "plateau", "onecycle")
+# The networks a run trains: those made for CIFAR-10's 32x32 images. model/ also keeps the 2012 ImageNet
+# AlexNet for completeness, but its strided 11x11 convolution and three poolings shrink a 32x32 image to
+# nothing before its last pooling (it needs 224x224 inputs), so it is not offered here.
+MODELS = ("alexnet_cifar",)
+INPUTS = ("normalised", "pixels")  # what the network is fed: train/inputs.py
+
+
+def _option(default: Any, help: str, choices: Optional[tuple[str, ...]] = None, checked: bool = True) -> Any:
+    """A recipe field that is also an option of `alexpipe train` (train/cli.py makes the option from it):
+    its default, its help, and its choices (`checked=False`: shown in --help, refused by `validate`)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "checked": checked})
 
 
 @dataclass(frozen=True)
 class Recipe:
-    name: str = "blog"
-    model: str = "alexnet_cifar"
-    epochs: int = 49
-    batch_size: int = 128  # global batch: per-rank batch x world size
-    lr: float = 0.01
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
+    """Everything that changes a run's maths. Each field but `name` is an option of `alexpipe train` that
+    overrides the named recipe's value: adding a field here adds the option."""
+
+    name: str = "blog"  # which named recipe this is (or was made from): `--recipe` chooses it
+    model: str = _option("alexnet_cifar", "Network.", MODELS, checked=False)
+    epochs: int = _option(49, "Epochs to train (blog 49, paper 90).")
+    batch_size: int = _option(128, "Global batch size (per process x processes).")
+    lr: float = _option(0.01, "Peak learning rate.")
+    momentum: float = _option(0.9, "SGD momentum.")
+    nesterov: bool = _option(False, "")
+    weight_decay: float = _option(5e-4, "L2 weight decay.")
     # "step": lr x gamma after each epoch in step_epochs (1-based: 30 -> epochs 31+ run at lr/10)
     # "plateau": lr x gamma when val loss has not improved for `patience` epochs
     # "onecycle": linear warm-up over warmup_epochs to lr, then cosine to 0, per step
-    schedule: str = "step"
-    step_epochs: tuple[int, ...] = (30,)
-    gamma: float = 0.1
-    patience: int = 5
-    warmup_epochs: float = 0.0
-    clip_grad_norm: Optional[float] = 2.0
-    init: str = "default"
-    dropout: float = 0.5
-    label_smoothing: float = 0.0
-    pca: str = "blog"
+    schedule: str = _option("step", "", SCHEDULES)
+    step_epochs: tuple[int, ...] = _option((30,), "For 'step': comma-separated epochs after which lr is multiplied "
+                                                  "by gamma.")
+    gamma: float = _option(0.1, "lr factor of 'step' and 'plateau'.")
+    patience: int = _option(5, "Epochs without val-loss improvement before 'plateau' cuts lr.")
+    warmup_epochs: float = _option(0.0, "Linear warm-up of 'onecycle', in epochs.")
+    clip_grad_norm: Optional[float] = _option(2.0, "Gradient max-norm; 0 = off.")
+    init: str = _option("default", "Weight init.", INIT_SCHEMES)
+    dropout: float = _option(0.5, "Dropout of the FC layers.")
+    label_smoothing: float = _option(0.0, "Label smoothing of the loss.")
+    pca: str = _option("blog", "PCA colour jitter.", PCA_VARIANTS)
     # "normalised": (x / 255 - mean) / std as the loaders make it; "pixels": x - mean on the 0..255 scale,
     # the paper's preprocessing, which its init is calibrated to (train/inputs.py)
-    inputs: str = "normalised"
-    pca_sigma: float = 0.1
-    loader: str = "resident"
-    tta_flip: bool = False  # evaluate on the image and its mirror, averaging logits
-    seed: int = 0
+    inputs: str = _option("normalised", "What the network is fed: normalised (x / 255 - mean) / std, or pixels "
+                                        "(x - mean on the 0..255 scale, the paper's).", INPUTS)
+    pca_sigma: float = _option(0.1, "Std of the PCA coefficients alpha.")
+    loader: str = _option("resident", "Input pipeline.", BACKENDS)
+    tta_flip: bool = _option(False, "Evaluate on image + mirror.")  # averaging the two logits
+    seed: int = _option(0, "Seeds weights, shuffles and augmentation.")
 
     def replace(self, **changes: Any) -> "Recipe":
         return dataclasses.replace(self, **changes)
@@ -86,12 +109,6 @@ def _typed(name: str, value: Any, default: Any) -> Any:
     return float(value) if isinstance(default, float) and name != "clip_grad_norm" else value
 
 
-SCHEDULES = ("step", "plateau", "onecycle")
-# The networks a run trains: those made for CIFAR-10's 32x32 images. model/ also keeps the 2012 ImageNet
-# AlexNet for completeness, but its strided 11x11 convolution and three poolings shrink a 32x32 image to
-# nothing before its last pooling (it needs 224x224 inputs), so it is not offered here.
-MODELS = ("alexnet_cifar",)
-INPUTS = ("normalised", "pixels")  # what the network is fed: train/inputs.py
 
 RECIPES: dict[str, Recipe] = {
     # the write-up: 49 epochs, batch 128, SGD(0.9), wd 5e-4, lr 0.01 -> 0.001 after epoch 30,
@@ -129,9 +146,6 @@ def check_model(name: str) -> None:
 
 def validate(r: Recipe) -> None:
     """Raise ValueError with one clear sentence, naming the option, for an unusable recipe."""
-    from alexpipe.model import INIT_SCHEMES
-    from alexpipe.pipeline.augment import PCA_VARIANTS
-    from alexpipe.pipeline.loaders import BACKENDS
     from alexpipe.pipeline.sampling import seed_problem
 
     def one_of(flag: str, value: str, choices) -> tuple[bool, str]:
