@@ -1,13 +1,10 @@
 """Shared fixtures: synthetic CIFAR-format sources the tests build, the real data when present, the markers.
 
-Markers (pyproject.toml) say what a test needs; a test whose need is missing
-here is skipped, saying which (`pytest_runtest_setup`, the one place tests are
-skipped): `cuda`, `dali`, `ffcv`, `nvcc`, `real_data`. `slow` marks what
-`make test-fast` leaves out. Tests that use the `real_data` fixture, or run
-the dali or ffcv backend (a `backend` parameter), get those markers, and
-`slow`, without saying so. A test that fills a disk mounts a small file
-system of its own (`small_fs`), and is skipped, saying why, where this
-machine does not let it (mounting needs root).
+Markers (pyproject.toml) say what a test needs, on the test itself: `cuda`,
+`dali`, `ffcv`, `nvcc`, `real_data`; `slow` marks what `make test-fast` leaves
+out. A test whose need is missing here is skipped, saying which
+(`pytest_runtest_setup`, the one place tests are skipped). `BACKENDS` is the
+one list of backends, each carrying its own markers.
 """
 
 from __future__ import annotations
@@ -27,7 +24,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 REAL_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-BACKENDS = ["resident", "torchvision", "dali", "ffcv"]
+# The one list of backends the tests run, each with what it needs: dali and ffcv need their libraries (and, the
+# first time, compile: numba's operations, the DALI plugin), so they are marked slow as well.
+BACKENDS = [pytest.param("resident", id="resident"), pytest.param("torchvision", id="torchvision"),
+            pytest.param("dali", id="dali", marks=[pytest.mark.dali, pytest.mark.slow]),
+            pytest.param("ffcv", id="ffcv", marks=[pytest.mark.ffcv, pytest.mark.slow])]
 
 
 @cache
@@ -49,18 +50,6 @@ def _missing(need: str) -> str | None:
     if need == "real_data":
         return None if REAL_ARCHIVE.exists() else f"needs the real CIFAR-10 at {REAL_ARCHIVE} (../shared/data)"
     return None
-
-
-def pytest_collection_modifyitems(items) -> None:
-    for item in items:
-        needs = {"real_data"} if "real_data" in getattr(item, "fixturenames", ()) else set()
-        backend = getattr(item, "callspec", None) and item.callspec.params.get("backend")
-        if backend in ("dali", "ffcv"):
-            needs.add(backend)
-        for need in needs:
-            item.add_marker(need)
-        if any(item.get_closest_marker(m) for m in ("real_data", "dali", "ffcv", "cuda")):
-            item.add_marker("slow")
 
 
 def pytest_runtest_setup(item) -> None:

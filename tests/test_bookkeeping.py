@@ -78,6 +78,7 @@ def test_padding_the_last_evaluation_batch_changes_no_figure(small_data):
     assert padded["loss"] == pytest.approx(plain["loss"], rel=1e-6) and padded["top5"] == plain["top5"]
 
 
+@pytest.mark.slow
 def test_last_pt_every_n_epochs_best_pt_at_the_end_and_time_outside_recorded(small_data, tmp_path, monkeypatch):
     writes = []
     save = checkpoint.save_atomic
@@ -109,6 +110,7 @@ def test_last_pt_every_n_epochs_best_pt_at_the_end_and_time_outside_recorded(sma
     assert again["loss"] == pytest.approx(at_best["val_loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_failure_keeps_the_last_finished_epoch_although_it_was_not_due(small_data, tmp_path, monkeypatch):
     """A crash in epoch 3 with --checkpoint-every 5: last.pt and metrics.jsonl hold epoch 2."""
     real = run_module.train_epoch

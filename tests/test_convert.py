@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from alexpipe.cli import app
 from alexpipe.pipeline import DataError, load_split
 from alexpipe.pipeline.convert.conversion import carve_val, convert
+from alexpipe.pipeline.format.beton import ffcv_present
 from alexpipe.pipeline.format.split import split_path
 from alexpipe.pipeline.hashing import file_hexdigests
 
@@ -270,6 +272,7 @@ def test_info_reports_and_detects_corruption(tmp_path, synthetic):
     assert run("info", tmp_path / "nowhere").exit_code == 1
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_real_data_counts_and_stats(real_data):
     tr, va, te = (load_split(real_data, s) for s in ("train", "val", "test"))
@@ -292,3 +295,55 @@ def test_real_data_counts_and_stats(real_data):
     np.testing.assert_allclose(np.abs((got * vecs).sum(0)), 1.0, rtol=1e-9)  # same axes up to sign
     # the data README quotes the full 50,000-image train set; ours excludes the 10,000 val images
     np.testing.assert_allclose(np.array(tr.meta.stats.mean) / 255, [0.4913, 0.4821, 0.4465], atol=1e-3)
+
+
+@pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_converted_files_honour_the_umask(tmp_path, synthetic, umask, file_mode, dir_mode):
+    src = make_source(tmp_path, synthetic, "python", "archive")
+    old = os.umask(umask)
+    try:
+        out = tmp_path / "out"
+        convert(src, out, val_size=50, allow_partial=True, betons=ffcv_present())
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == dir_mode
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert set(modes.values()) == {file_mode}, modes
+    assert ("train.beton" in modes) == ffcv_present()
+
+
+@pytest.mark.ffcv
+@pytest.mark.slow
+def test_beton_writer_writes_ffcv_s_own_bytes(tmp_path):
+    """Our in-process writer and FFCV's DatasetWriter (one worker) produce identical files."""
+    import contextlib
+
+    import ffcv.types as t
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.fields.rgb_image import IMAGE_MODES
+    from ffcv.writer import DatasetWriter
+
+    from alexpipe.pipeline.format import beton
+
+    assert (beton.HEADER_TYPE, beton.FIELD_DESC_TYPE, beton.ALLOC_TABLE_TYPE, beton.FORMAT_VERSION) == \
+        (t.HeaderType, t.FieldDescType, t.ALLOC_TABLE_TYPE, t.CURRENT_VERSION)
+    assert beton.METADATA_TYPE == t.get_metadata_type([RGBImageField(), IntField()])
+    assert beton.RAW_IMAGE_MODE == IMAGE_MODES["raw"]
+    rng = np.random.default_rng(0)
+    for n in (1, 2731, 3000):  # one sample; exactly one page (8 MiB // 3072 = 2730) plus one; several
+        images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        labels = rng.integers(0, 10, n)
+        beton.write_beton(tmp_path / "ours.beton", images, labels)
+
+        class Pairs:
+            def __len__(self):
+                return n
+
+            def __getitem__(self, i):
+                return images[i], int(labels[i])
+
+        writer = DatasetWriter(str(tmp_path / "ffcv.beton"), {"image": RGBImageField(write_mode="raw", max_resolution=32),
+                                                              "label": IntField()}, num_workers=1)
+        with contextlib.redirect_stderr(io.StringIO()):
+            writer.from_indexed_dataset(Pairs())
+        assert (tmp_path / "ours.beton").read_bytes() == (tmp_path / "ffcv.beton").read_bytes(), n

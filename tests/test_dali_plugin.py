@@ -62,6 +62,7 @@ def run_operator(images: np.ndarray, alpha: np.ndarray, matrix: np.ndarray) -> n
 
 # --- (1) the CPU kernel equals the reference ---
 
+@pytest.mark.real_data
 @pytest.mark.parametrize("variant", ["blog", "paper"])
 def test_cpu_operator_alone_matches_numpy(real_data, variant):
     split = load_split(real_data, "train")
@@ -76,6 +77,7 @@ def test_cpu_operator_alone_matches_numpy(real_data, variant):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
 
+@pytest.mark.real_data
 @pytest.mark.parametrize("variant", ["blog", "paper"])
 def test_loader_with_plugin_matches_reference(real_data, variant):
     loader, params, split = given_params_loader(real_data, variant)
@@ -149,6 +151,7 @@ def dali_loader(root, variant, plugin_path):
     return loader, params, split
 
 
+@pytest.mark.real_data
 @pytest.mark.parametrize("kind", ["corrupt", "missing", "second-library"])
 def test_unusable_plugin_falls_back_warns_once_and_matches(real_data, tmp_path, kind):
     if kind == "corrupt":
@@ -170,6 +173,7 @@ def test_unusable_plugin_falls_back_warns_once_and_matches(real_data, tmp_path, 
     check_against_reference(first, params, split, "paper")
 
 
+@pytest.mark.real_data
 def test_environment_variable_selects_the_library(real_data, tmp_path, monkeypatch):
     bogus = tmp_path / "libenv.so"
     bogus.write_bytes(b"nothing")
@@ -183,6 +187,7 @@ def test_environment_variable_selects_the_library(real_data, tmp_path, monkeypat
 
 # --- (4) the built-in composition alone ---
 
+@pytest.mark.real_data
 @pytest.mark.parametrize("variant", ["blog", "paper"])
 def test_builtin_fallback_matches_reference(real_data, variant):
     with warnings.catch_warnings(record=True) as record:
@@ -193,6 +198,7 @@ def test_builtin_fallback_matches_reference(real_data, variant):
     check_against_reference(loader, params, split, variant)
 
 
+@pytest.mark.real_data
 def test_plugin_and_builtin_agree_on_training_draws(real_data):
     """Same seed and epoch, same parameters: the two jitter implementations give the same batches."""
     def first_batches(use_plugin):

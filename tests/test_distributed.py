@@ -32,6 +32,7 @@ def torchrun(nproc: int, *args, probe: Path | None = None) -> subprocess.Complet
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.real_data
 def test_two_ranks_shard_every_image_once_and_stay_in_sync(real_data, tmp_path):
     log = tmp_path / "index.jsonl"
     res = torchrun(2, "--data", real_data, "--out", tmp_path / "ddp", "--subset", 1000, "--eval-subset", 200,
@@ -51,6 +52,7 @@ def test_two_ranks_shard_every_image_once_and_stay_in_sync(real_data, tmp_path):
     assert epoch["train_images"] == 1000
 
 
+@pytest.mark.real_data
 def test_two_processes_follow_one_process_at_the_same_global_batch(real_data, tmp_path):
     # Comparable by construction: the resident loader draws each image's augmentation from (seed, epoch,
     # image), not from the rank; rank r takes every other image of one shared permutation, so global step k

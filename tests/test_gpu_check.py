@@ -58,6 +58,7 @@ def test_refuses_a_budget_that_is_not_a_positive_finite_number(tmp_path, budget)
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_refuses_a_full_check_without_a_gpu(tmp_path):
     res = subprocess.run([sys.executable, "bench/gpu_check.py", "--device", "cpu", "--out", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)

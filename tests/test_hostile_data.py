@@ -7,7 +7,6 @@ Every hostile input is built here. Each failure must be one `error:` line
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -27,7 +26,6 @@ from typer.testing import CliRunner
 
 from alexpipe.cli import app
 from alexpipe.pipeline import DataError, load_split
-from alexpipe.pipeline.format.beton import ffcv_present
 from alexpipe.pipeline.convert.conversion import convert
 from alexpipe.pipeline.format.split import content_digest, split_path
 from alexpipe.pipeline.hashing import file_hexdigests
@@ -241,6 +239,7 @@ def test_special_files_are_refused_without_reading(tmp_path, pristine, special):
 
 
 @pytest.mark.ffcv
+@pytest.mark.slow
 def test_info_checks_beton_checksums(tmp_path, src):
     root = converted(tmp_path, src, betons=True)
     assert "integrity: ok" in run("info", root).output
@@ -426,6 +425,7 @@ def shm() -> set[str]:
 
 
 @pytest.mark.ffcv
+@pytest.mark.slow
 def test_ctrl_c_while_writing_betons_stops_cleans_up_and_exits_130(tmp_path, src):
     out = converted(tmp_path, src, "out")
     before = snapshot(out)
@@ -442,6 +442,7 @@ def test_ctrl_c_while_writing_betons_stops_cleans_up_and_exits_130(tmp_path, src
 
 
 @pytest.mark.ffcv
+@pytest.mark.slow
 def test_kill_9_while_writing_betons_leaves_no_process_and_the_next_run_cleans_up(tmp_path, src):
     out = converted(tmp_path, src, "out")
     before, shm_before = snapshot(out), shm()
@@ -702,57 +703,7 @@ def test_class_names_with_markup_and_escapes_print_literally(tmp_path, synthetic
     assert "classes: [bold]cat[/bold], \\x1b[31mred, [/x], cat" in res.output
 
 
-# ---------------------------------------------------------------- file modes, format, papercuts
-
-@pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
-def test_converted_files_honour_the_umask(tmp_path, src, umask, file_mode, dir_mode):
-    old = os.umask(umask)
-    try:
-        out = tmp_path / "out"
-        convert(src, out, val_size=50, allow_partial=True, betons=ffcv_present())
-    finally:
-        os.umask(old)
-    assert out.stat().st_mode & 0o777 == dir_mode
-    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
-    assert set(modes.values()) == {file_mode}, modes
-    assert ("train.beton" in modes) == ffcv_present()
-
-
-@pytest.mark.ffcv
-def test_beton_writer_writes_ffcv_s_own_bytes(tmp_path):
-    """Our in-process writer and FFCV's DatasetWriter (one worker) produce identical files."""
-    import contextlib
-
-    import ffcv.types as t
-    from ffcv.fields import IntField, RGBImageField
-    from ffcv.fields.rgb_image import IMAGE_MODES
-    from ffcv.writer import DatasetWriter
-
-    from alexpipe.pipeline.format import beton
-
-    assert (beton.HEADER_TYPE, beton.FIELD_DESC_TYPE, beton.ALLOC_TABLE_TYPE, beton.FORMAT_VERSION) == \
-        (t.HeaderType, t.FieldDescType, t.ALLOC_TABLE_TYPE, t.CURRENT_VERSION)
-    assert beton.METADATA_TYPE == t.get_metadata_type([RGBImageField(), IntField()])
-    assert beton.RAW_IMAGE_MODE == IMAGE_MODES["raw"]
-    rng = np.random.default_rng(0)
-    for n in (1, 2731, 3000):  # one sample; exactly one page (8 MiB // 3072 = 2730) plus one; several
-        images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        labels = rng.integers(0, 10, n)
-        beton.write_beton(tmp_path / "ours.beton", images, labels)
-
-        class Pairs:
-            def __len__(self):
-                return n
-
-            def __getitem__(self, i):
-                return images[i], int(labels[i])
-
-        writer = DatasetWriter(str(tmp_path / "ffcv.beton"), {"image": RGBImageField(write_mode="raw", max_resolution=32),
-                                                              "label": IntField()}, num_workers=1)
-        with contextlib.redirect_stderr(io.StringIO()):
-            writer.from_indexed_dataset(Pairs())
-        assert (tmp_path / "ours.beton").read_bytes() == (tmp_path / "ffcv.beton").read_bytes(), n
-
+# ---------------------------------------------------------------- format, papercuts
 
 def test_pca_eigenvectors_print_as_the_columns_they_are(tmp_path, src):
     out = tmp_path / "out"

@@ -77,6 +77,7 @@ def test_train_refuses_tampered_data_before_anything_trains(data, tmp_path, tamp
     assert not out.exists()  # nothing trained, and no empty run folder left behind
 
 
+@pytest.mark.slow
 def test_a_run_records_the_digest_of_the_bytes_it_read(data, tmp_path):
     out = tmp_path / "run"
     res = run("train", "--data", data, "--out", out, *QUICK)
@@ -170,6 +171,7 @@ def test_sigterm_in_a_checkpoint_write_leaves_a_whole_checkpoint_and_no_temporar
         assert "--resume" not in output and "the same command starts the run again" in output  # advice that works
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config,fragment", [
     ("{not json", "not valid JSON"), ('{"type": "config"}', "no recipe"),
     ('{"type": "config", "recipe": {"lr": "fast"}}', "'lr' has the wrong type"),

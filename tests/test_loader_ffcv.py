@@ -46,6 +46,7 @@ def operations(stats, variant: str, tables):
             compiled(PCAJitterNormalise(pca_matrix(stats, variant), scale, shift, tables.alpha)))
 
 
+@pytest.mark.real_data
 @pytest.mark.parametrize("variant", ["blog", "paper"])
 def test_operations_equal_the_reference_and_read_the_table_when_they_run(real_data, variant):
     from alexpipe.pipeline.loaders.ffcv.ops import ParamTables
@@ -79,6 +80,7 @@ def cpu_epoch(real_data) -> dict[int, torch.Tensor]:
     return by_position(loader, 3)
 
 
+@pytest.mark.real_data
 def test_augmentation_depends_on_seed_epoch_and_image_only(real_data, cpu_epoch):
     """One thread instead of two, and rank 1 of 2 instead of a single rank: each image gets the same tensor."""
     loader = make_loader(real_data, "train", "ffcv", batch_size=64, indices=np.arange(640), seed=9, num_workers=1,
@@ -89,6 +91,7 @@ def test_augmentation_depends_on_seed_epoch_and_image_only(real_data, cpu_epoch)
         assert torch.equal(x, cpu_epoch[pos])
 
 
+@pytest.mark.real_data
 def test_device_tail_equals_the_numba_path(real_data, cpu_epoch):
     """The GPU path (jitter + normalise as torch ops after ToDevice), run on the CPU."""
     loader = make_loader(real_data, "train", "ffcv", jitter_on="device", batch_size=64, indices=np.arange(640),
@@ -99,6 +102,7 @@ def test_device_tail_equals_the_numba_path(real_data, cpu_epoch):
         torch.testing.assert_close(x, cpu_epoch[pos], rtol=0, atol=1e-5)
 
 
+@pytest.mark.real_data
 @pytest.mark.parametrize("variant", ["blog", "paper"])
 def test_device_tail_equals_the_reference_on_given_params(real_data, variant):
     split = load_split(real_data, "train")
@@ -111,6 +115,7 @@ def test_device_tail_equals_the_reference_on_given_params(real_data, variant):
         assert torch.equal(y, split.labels[positions])
 
 
+@pytest.mark.real_data
 def test_one_loader_across_epochs_with_an_early_break(real_data):
     """set_epoch on a reused loader (no rebuild): the shared epoch order, reproducible, after an abandoned epoch."""
     split = load_split(real_data, "train")
@@ -135,6 +140,7 @@ def test_one_loader_across_epochs_with_an_early_break(real_data):
     assert all(torch.equal(u, v) for u, v in zip(first, again))
 
 
+@pytest.mark.real_data
 def test_batches_are_fresh_tensors_not_ffcv_buffers(real_data):
     """FFCV recycles its output buffers; every yielded batch must survive later ones (float32 channels_last is
     the case where a permute alone would have returned a view of FFCV's buffer)."""

@@ -21,6 +21,26 @@ from alexpipe.pipeline.augment.reference import augment_batch_reference
 from conftest import BACKENDS, MARKER_LEFT, MARKER_RIGHT, assert_matches_reference, batches_with_positions
 
 
+@pytest.mark.parametrize("backend", [pytest.param(b.values[0], id=b.id, marks=[m for m in b.marks if m.name != "slow"])
+                                     for b in BACKENDS])
+def test_every_installed_backend_matches_the_reference_on_synthetic_data(synthetic_data, backend):
+    """The project's central invariant, on a fresh clone too: every backend makes the reference's values from
+    the same parameters (both PCA variants, sigma 0.5 so the clamp is exercised) and pairs them with their
+    labels. Fast on purpose: one small split, two batches per variant."""
+    split = load_split(synthetic_data, "train")
+    params = AugParams.random(len(split), 0.5, np.random.default_rng(2))
+    for variant in ("blog", "paper"):
+        loader = make_loader(synthetic_data, "train", backend, batch_size=100, pca=variant,
+                             param_source=FixedParams(params), num_workers=1)
+        got = batches_with_positions(loader, limit=2)
+        assert len(got) == 2
+        for x, y, positions in got:
+            assert_matches_reference(x, split, positions, params, variant)
+            assert torch.equal(y, split.labels[positions])
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["blog", "paper"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_matches_reference_on_given_params(real_data, backend, variant):
@@ -37,6 +57,8 @@ def test_matches_reference_on_given_params(real_data, backend, variant):
     assert sum(len(p) for _, _, p in got) == 192
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_training_draws_are_the_epochs_table_applied_as_the_reference(real_data, backend):
     """In training the parameters come from (seed, epoch): the batches are the reference applied with that
@@ -50,6 +72,8 @@ def test_training_draws_are_the_epochs_table_applied_as_the_reference(real_data,
         assert_matches_reference(x, split, positions, table, "blog")
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 @pytest.mark.parametrize("split_name", ["val", "test"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_eval_covers_split_once_and_is_only_normalised(real_data, backend, split_name):
@@ -65,6 +89,8 @@ def test_eval_covers_split_once_and_is_only_normalised(real_data, backend, split
         assert torch.equal(y, split.labels[positions])
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_train_epoch_drops_last_and_never_repeats(real_data, backend):
     split = load_split(real_data, "train")
@@ -80,6 +106,8 @@ def test_train_epoch_drops_last_and_never_repeats(real_data, backend):
         assert_matches_reference(x, split, positions, params, "blog")
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype,channels_last", [(torch.bfloat16, True), (torch.float32, False),
                                                  (torch.float16, True)])
@@ -93,6 +121,8 @@ def test_shape_dtype_device_layout(real_data, backend, dtype, channels_last):
     assert y.dtype == torch.int64 and y.shape == (32,)
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_shards_are_disjoint_and_cover(real_data, backend):
     n = 1001
@@ -175,6 +205,8 @@ def test_training_augmentation_has_the_right_statistics(marker_data, backend):
     np.testing.assert_allclose(alpha.std(axis=0), sigma, rtol=0.08)
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_epochs_differ_and_seed_epoch_reproduces(real_data, backend):
     def epoch_batches(epoch, seed=0):

@@ -66,12 +66,19 @@ def test_kaiming_init():
 
 
 def test_default_init_is_pytorch_default_and_seeded():
+    """PyTorch's default: every weight uniform within kaiming-uniform(a=sqrt(5))'s bound 1/sqrt(fan_in), filling
+    it (not a narrower init); the same seed gives the same network, another seed another."""
     torch.manual_seed(1)
     a = build_model()
+    for name, fan_in in [("conv1", 27), ("conv2", 64 * 9), ("fc1", 1024), ("fc3", 4096)]:
+        w, bound = getattr(a, name).weight, 1 / fan_in ** 0.5
+        assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound, name
+        assert w.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.1), name  # uniform's std
     torch.manual_seed(1)
-    b = AlexNetCIFAR()
+    b = build_model()
+    torch.manual_seed(2)
+    c = build_model()
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-    bound = 1 / (3 * 3 * 3) ** 0.5  # kaiming-uniform(a=sqrt(5)) bound for conv1
-    assert a.conv1.weight.abs().max() <= bound
+    assert not torch.equal(a.conv1.weight, c.conv1.weight)
     with pytest.raises(ValueError, match="unknown init"):
         build_model(init="xavier")

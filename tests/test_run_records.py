@@ -70,6 +70,7 @@ def test_a_live_run_folder_refuses_a_second_run_naming_its_process_and_a_dead_on
     assert summary["epochs"] == held + 1 and not (out / ".alexpipe.lock").exists()
 
 
+@pytest.mark.slow
 def test_a_run_whose_first_epoch_never_finished_is_started_again_by_the_same_command(small_data, tmp_path,
                                                                                    monkeypatch):
     out = tmp_path / "run"
@@ -129,6 +130,7 @@ def test_the_torchrun_hint_is_a_torchrun_command(tmp_path):
                                                                  "--resume"]
 
 
+@pytest.mark.slow
 def test_extending_a_one_cycle_run_is_refused_or_rebuilt_never_at_lr_zero(small_data, tmp_path):
     out = tmp_path / "run"
     _fit(small_data, out, recipe="fast", recipe_changes={"epochs": 1, "lr": 0.01})
@@ -144,6 +146,7 @@ def test_extending_a_one_cycle_run_is_refused_or_rebuilt_never_at_lr_zero(small_
     assert resumed["after_epoch"] == 1 and resumed["changes"]["epochs"] == [1, 3]
 
 
+@pytest.mark.slow
 def test_forced_new_optimiser_settings_are_the_ones_used_and_recorded(small_data, tmp_path):
     out = tmp_path / "run"
     _fit(small_data, out, recipe_changes={"epochs": 1, "lr": 0.01})
@@ -158,6 +161,7 @@ def test_forced_new_optimiser_settings_are_the_ones_used_and_recorded(small_data
     assert cfg["resumes"][0]["changes"] == {"epochs": [1, 2], "lr": [0.01, 0.5], "momentum": [0.9, 0.0]}
 
 
+@pytest.mark.slow
 def test_switching_recipe_on_resume_trains_with_the_new_one(small_data, tmp_path):
     out = tmp_path / "run"
     _fit(small_data, out, recipe_changes={"epochs": 1})
@@ -169,6 +173,7 @@ def test_switching_recipe_on_resume_trains_with_the_new_one(small_data, tmp_path
     assert _epochs(out)[1]["lr"] > 0.01  # the fast recipe's one-cycle lr (peak 0.08), not the blog's 0.01
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", [{"eval_subset": 20}, {"amp": "bf16"}])
 def test_resuming_with_another_eval_subset_or_precision_needs_force_and_is_recorded(small_data, tmp_path, change):
     out = tmp_path / "run"
@@ -181,6 +186,7 @@ def test_resuming_with_another_eval_subset_or_precision_needs_force_and_is_recor
     assert key in resumed["changes"]
 
 
+@pytest.mark.slow
 def test_the_recorded_data_folder_works_from_anywhere_and_says_where_it_came_from(small_data, tmp_path):
     data = Path(shutil.copytree(small_data, tmp_path / "c10"))
     out = tmp_path / "run"
@@ -199,6 +205,7 @@ def test_the_recorded_data_folder_works_from_anywhere_and_says_where_it_came_fro
     assert f"the data folder recorded in {out / 'config.json'}" in " ".join(output.split())
 
 
+@pytest.mark.slow
 def test_a_val_split_that_appears_or_vanishes_is_refused_before_anything_is_written(small_data, tmp_path):
     no_val = tmp_path / "no-val"
     src = make_source(tmp_path, synthetic_batches(), "python", "archive")
@@ -234,6 +241,7 @@ def _flip_a_bit(path: Path, tensor_name: str) -> None:
     path.write_bytes(bytes(raw))
 
 
+@pytest.mark.slow
 def test_a_flipped_bit_in_a_checkpoint_is_one_line_for_resume_and_evaluate(small_data, tmp_path):
     out = tmp_path / "run"
     _fit(small_data, out, recipe_changes={"epochs": 1})
@@ -250,6 +258,7 @@ def test_a_flipped_bit_in_a_checkpoint_is_one_line_for_resume_and_evaluate(small
     assert res.exit_code == 1 and "damaged" in res.output and "Traceback" not in res.output
 
 
+@pytest.mark.slow
 def test_evaluate_says_when_the_data_is_not_the_runs_own(small_data, tmp_path):
     """Another conversion of the same source with another val seed: its val images are partly the run's training
     images. The figure is still reported, with one line saying so."""

@@ -20,6 +20,7 @@ from alexpipe.train.run import RunOptions, fit
 from alexpipe.train.schedule import Schedule, build_optimizer
 from alexpipe.train.step import build_step
 
+from conftest import BACKENDS
 from host_waits import Dispatches, HostWaits, SteadyState, aten, blocking_transfer
 
 def _context(device, recipe, amp_dtype=None):
@@ -31,7 +32,9 @@ def _context(device, recipe, amp_dtype=None):
     return model, loop.EpochContext(step, distributed.World(), device, log_every=10**9)
 
 
-@pytest.mark.parametrize("backend", ["resident", "torchvision", "dali", "ffcv"])
+@pytest.mark.real_data
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_steady_state_steps_make_the_host_wait_for_nothing(real_data, backend):
     """8 steps of the real loop (clipping on, as in the blog recipe): between the first and the last, nothing
     reads a value back, builds a tensor from Python data or copies without non_blocking."""
@@ -44,6 +47,8 @@ def test_steady_state_steps_make_the_host_wait_for_nothing(real_data, backend):
     assert counter.seen == [], counter.seen
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 def test_evaluation_reads_back_only_at_its_end(real_data):
     model, _ = _context(torch.device("cpu"), get_recipe("blog"))
     loader = make_loader(real_data, "val", "resident", batch_size=100, indices=np.arange(600))
@@ -145,6 +150,7 @@ def _trained_optimizer(channels_last: bool):
     return model, opt
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("saved_channels_last", [False, True])
 def test_resume_into_another_memory_format_keeps_the_optimiser_exact(saved_channels_last, tmp_path):
     model, opt = _trained_optimizer(saved_channels_last)

@@ -47,6 +47,8 @@ def cli(*args, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 def test_short_run_on_real_data_learns(real_data, tmp_path):
     # He init learns from the first steps (PyTorch's default sits at chance for ~300 steps, which would put a
     # short run at the edge of any threshold): 3 epochs of 5,000 images reach ~0.29 val accuracy on this data
@@ -57,6 +59,8 @@ def test_short_run_on_real_data_learns(real_data, tmp_path):
     assert summary["test_acc"] >= 0.22 and summary["test_images"] == 1000
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 @pytest.mark.parametrize("loader", ["torchvision", "dali", "ffcv"])
 def test_smoke_run_with_every_other_loader(real_data, tmp_path, loader):
     summary = quick_run(real_data, tmp_path / loader, loader=loader, subset=640, eval_subset=200, epochs=1)
@@ -65,6 +69,8 @@ def test_smoke_run_with_every_other_loader(real_data, tmp_path, loader):
     assert rec["train_images"] == 640 and np.isfinite(rec["train_loss"])
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 def test_metrics_file_and_curves_hold_what_they_claim(real_data, tmp_path):
     out = tmp_path / "run"
     summary = quick_run(real_data, out, subset=500, eval_subset=100, epochs=2)
@@ -116,6 +122,8 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 def test_killed_and_resumed_run_equals_uninterrupted_run(real_data, tmp_path):
     args = ["train", "--data", real_data, "--subset", 1000, "--eval-subset", 200, "--epochs", 3, "--lr", 0.05,
             "--batch-size", 50, "--log-every", 5, "--checkpoint-every", 1]
@@ -146,6 +154,8 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(real_data, tmp_path):
     assert strip(ma) == strip(mb)
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 def test_resume_refuses_other_data_or_recipe(real_data, small_data, tmp_path):
     out = tmp_path / "run"
     quick_run(real_data, out, subset=200, eval_subset=100, epochs=1)
@@ -159,6 +169,8 @@ def test_resume_refuses_other_data_or_recipe(real_data, small_data, tmp_path):
         fit(RunOptions(data=real_data, out=out, recipe=r, subset=200, eval_subset=100))
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(real_data, tmp_path):
     out = tmp_path / "run"
     # epoch 1 trains normally; then the lr jumps by 1e7 and the loss diverges in epoch 2
@@ -171,6 +183,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(real_data, tmp_pat
     assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "epoch"] == [1]
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 def test_ctrl_c_exits_cleanly_with_a_resumable_checkpoint(real_data, tmp_path):
     out = tmp_path / "run"
     proc = cli("train", "--data", real_data, "--out", out, "--subset", 1000, "--eval-subset", 200, "--epochs", 5,
@@ -222,9 +236,20 @@ def test_onecycle_warms_up_then_anneals_and_resumes():
         s.after_step()
     assert lrs[0] == pytest.approx(r.lr / 10) and max(lrs) == pytest.approx(r.lr) and lrs[9] == pytest.approx(r.lr)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < r.lr * 0.01
-    s2 = Schedule(build_optimizer(torch.nn.Linear(2, 2), r), r, steps_per_epoch=10)
-    s2.load_state_dict(s.state_dict())
-    assert s2.sched.last_epoch == 40
+    # resumed half way from the saved state, it continues with the uninterrupted schedule's rates
+    opt2 = build_optimizer(torch.nn.Linear(2, 2), r)
+    s1, s2 = Schedule(build_optimizer(torch.nn.Linear(2, 2), r), r, steps_per_epoch=10), Schedule(opt2, r, 10)
+    for _ in range(20):
+        s1.optimizer.step()
+        s1.after_step()
+    opt2.load_state_dict(s1.optimizer.state_dict())  # as a resume restores both
+    s2.load_state_dict(s1.state_dict())
+    resumed = []
+    for _ in range(20):
+        resumed.append(s2.lr)
+        opt2.step()
+        s2.after_step()
+    assert resumed == pytest.approx(lrs[20:])
 
 
 def _one_step(monkeypatch, r: Recipe, amp: str):
@@ -312,6 +337,8 @@ def test_cli_rejects_bad_options(tmp_path, small_data):
     assert res.exit_code == 1 and "no such checkpoint" in res.output
 
 
+@pytest.mark.real_data
+@pytest.mark.slow
 def test_evaluate_command_reports_per_class(real_data, tmp_path):
     from typer.testing import CliRunner
 
@@ -329,6 +356,7 @@ def test_evaluate_command_reports_per_class(real_data, tmp_path):
     assert "top-1" in res.output
 
 
+@pytest.mark.slow
 def test_scale_lr_applies_the_linear_rule(small_data, tmp_path):
     from typer.testing import CliRunner
 
@@ -352,21 +380,23 @@ def test_an_overflowing_fp16_step_is_skipped_on_the_device_and_no_lr_value_is_lo
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 10))
     opt = build_optimizer(net, r)
     schedule = Schedule(opt, r, steps_per_epoch=10)
-    step = build_step(net, opt, schedule, amp_dtype=None, clip_grad_norm=1.0)
-    step.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)  # the first scaled gradients overflow
-    x, y = torch.randn(8, 3, 2, 2) * 1e10, torch.randint(0, 10, (8,))  # gradients ~1e10 x the scale: inf
+    step = build_step(net, opt, schedule, amp_dtype=torch.float16, clip_grad_norm=1.0)
+    # inputs of ~1e3: the fp16 forward is finite, but its backward at the scaler's first scale (65,536) is not
+    x, y = torch.randn(8, 3, 2, 2) * 1e3, torch.randint(0, 10, (8,))
     before = [p.detach().clone() for p in net.parameters()]
-    lrs = [schedule.lr]
+    reference = Schedule(build_optimizer(torch.nn.Linear(2, 2), r), r, steps_per_epoch=10)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the lr_scheduler warning (or any other) fails the test
         step(x, y)
-        lrs.append(schedule.lr)
         assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # skipped, on the device
-        assert step.scaler.get_scale() == 2.0 ** 126  # and the scale backed off
-        for _ in range(200):  # the scale halves until the steps are finite (~34 steps), then they update
+        assert step.scaler.get_scale() == 2.0 ** 15  # and the scale backed off
+        for _ in range(60):  # the scale halves until the steps are finite, then they update
             step(x, y)
     assert not all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
-    assert schedule.sched.last_epoch == 201 and lrs[1] > lrs[0]  # one schedule step per optimiser step
+    for _ in range(61):  # one schedule step per optimiser step, skipped ones included: no rate is lost
+        reference.optimizer.step()
+        reference.after_step()
+    assert schedule.lr == pytest.approx(reference.lr)
 
 
 @pytest.mark.slow
