@@ -126,13 +126,25 @@ def augment_chunk(windows: Windows, offsets: torch.Tensor, delta: Optional[torch
                   dtype: torch.dtype, channels_last: bool, scratch: Scratch) -> torch.Tensor:
     """Steps 1-5 for the windows at `offsets` (delta None: no jitter): a new tensor, the scratch reused."""
     m = offsets.shape[0]
-    x = scratch.values[:m].copy_(windows.take(offsets, out=scratch.pixels[:m]))
-    return to_layout(jitter_normalise_(x, delta, stats), dtype, channels_last, copy=True)
+    return _finish(windows.take(offsets, out=scratch.pixels[:m]), delta, stats, dtype, channels_last, scratch)
 
 
 def normalise_chunk(planes: torch.Tensor, index: torch.Tensor, stats: DeviceStats, dtype: torch.dtype,
                     channels_last: bool, scratch: Scratch) -> torch.Tensor:
     """Steps 4-5 for images `index` of (N, C, H, W) uint8 planes (evaluation): a new tensor."""
     m = index.shape[0]
-    x = scratch.values[:m].copy_(torch.index_select(planes, 0, index, out=scratch.pixels[:m]))
-    return to_layout(jitter_normalise_(x, None, stats), dtype, channels_last, copy=True)
+    pixels = torch.index_select(planes, 0, index, out=scratch.pixels[:m])
+    return _finish(pixels, None, stats, dtype, channels_last, scratch)
+
+
+def _finish(pixels: torch.Tensor, delta: Optional[torch.Tensor], stats: DeviceStats, dtype: torch.dtype,
+            channels_last: bool, scratch: Scratch) -> torch.Tensor:
+    """Steps 3-5 on uint8 windows. A float32 result is computed in place in its own new tensor (one pass
+    fewer than computing in the scratch and copying out); another dtype is computed in float32 in the
+    scratch, then cast once."""
+    if dtype == torch.float32:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        out = torch.empty(pixels.shape, dtype=torch.float32, device=pixels.device, memory_format=fmt)
+        return jitter_normalise_(out.copy_(pixels), delta, stats)
+    x = scratch.values[:pixels.shape[0]].copy_(pixels)
+    return to_layout(jitter_normalise_(x, delta, stats), dtype, channels_last, copy=True)
