@@ -11,8 +11,8 @@ chunk that stays in cache is faster than one large pass); the FFCV backend uses
   window is one row: a window is a flat offset, and taking B windows is a
   plain copy of B rows (several times faster than advanced indexing over the
   offsets, on a CPU as on a GPU);
-- PCA jitter and normalisation: in place on one float32 buffer, then one cast
-  into the output dtype and memory layout.
+- PCA jitter and normalisation: in place on one float32 buffer (a float32
+  result is that buffer), else one cast into the output dtype and layout.
 """
 
 from __future__ import annotations
