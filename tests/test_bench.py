@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from alexpipe.bench import harness, report
+from alexpipe.train.recipes import get_recipe
 
 import fake_worker
 
@@ -174,7 +175,8 @@ def test_the_model_ceiling_and_train_build_the_step_train_runs_for_the_same_flag
                                     "dtype": "fp32", "channels_last": False, "device": "cpu", "augment": True,
                                     "pca": "blog", "data": str(small_data), "compile": compile_, "capture": None})
     assert len(built) == 1 and built[0]["compile"] is compile_ and built[0]["capture"] is None
+    assert built[0]["clip_grad_norm"] == get_recipe("blog").clip_grad_norm  # the recipe's whole step
     assert work.step_kind == ("compiled" if compile_ else "eager")  # a CPU step is never captured
     assert work.min_warmup_steps == (2 if compile_ else 0)  # a compiled step compiles in its first step
     if not compile_:
-        assert work() == 16
+        assert work() == 16 and work() == 16

@@ -199,26 +199,6 @@ def test_saved_param_groups_do_not_bring_back_their_implementation():
     assert g["foreach"] is True and not g.get("fused") and g["lr"] == state["param_groups"][0]["lr"]
 
 
-def test_bench_times_the_step_that_train_runs(small_data, monkeypatch):
-    """`alexpipe bench train` builds its step with train.step.build_step, clipping and scaler included."""
-    from alexpipe.bench import worker
-    from alexpipe.train import step as step_module
-
-    built = []
-    real = step_module.build_step
-
-    def spy(*args, **kwargs):
-        built.append(kwargs)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(step_module, "build_step", spy)
-    run, _, _ = worker.build({"kind": "train", "backend": "resident", "batch_size": 16, "workers": 0,
-                              "dtype": "fp32", "channels_last": False, "device": "cpu", "augment": True,
-                              "pca": "blog", "data": str(small_data)})
-    assert run() == 16 and run() == 16
-    assert len(built) == 1 and built[0]["clip_grad_norm"] == get_recipe("blog").clip_grad_norm
-
-
 @pytest.mark.slow
 def test_the_compiled_step_computes_what_the_eager_step_computes():
     """--compile compiles the forward + loss + sums and the clipping: same update, same sums, clipping engaged."""
