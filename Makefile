@@ -46,9 +46,11 @@ run: train
 test: setup
 	$(BIN)/python -m pytest -q
 
-# The edit-test loop: everything not marked slow (no real data, compiled loaders, training runs, subprocesses).
+# The edit-test loop: everything not marked slow (no real data, compiled loaders, training runs, subprocesses),
+# spread over the usable cores (at most 4) with pytest-xdist.
+FAST_JOBS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n $(FAST_JOBS)
 
 bench: convert
 	$(BIN)/alexpipe bench all --data $(DATA) --out bench/results/$$(hostname)
