@@ -22,6 +22,7 @@ from alexpipe.bench.options import resolve_workers, usable_cores
 from alexpipe.cli import app
 
 import fake_worker
+from conftest import one_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ["--duration", "0.2", "--repeats", "1", "--warmup", "0", "--settle", "1"]
@@ -29,14 +30,6 @@ SHORT = ["--duration", "0.2", "--repeats", "1", "--warmup", "0", "--settle", "1"
 
 def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_error_line(res, fragment: str, code: int = 1) -> str:
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert res.exit_code == code, res.output
-    assert lines and lines[-1].startswith("error:") and fragment in lines[-1], res.output
-    assert "Traceback" not in res.output
-    return lines[-1]
 
 
 @pytest.fixture()
@@ -79,33 +72,33 @@ def fill(folder: Path) -> None:
 @pytest.mark.parametrize("flag,value", [("--duration", "nan"), ("--duration", "inf"), ("--duration", "-1"),
                                         ("--warmup", "nan"), ("--warmup", "inf"), ("--warmup", "-inf")])
 def test_non_finite_or_negative_seconds_are_refused_naming_the_flag(tmp_path, flag, value):
-    one_error_line(run("bench", "loaders", "--data", tmp_path, flag, value), flag)
+    one_error(run("bench", "loaders", "--data", tmp_path, flag, value), flag)
 
 
 def test_workers_default_to_the_usable_cores_more_are_capped_and_negative_refused(tmp_path):
     assert resolve_workers(None) == usable_cores() == len(os.sched_getaffinity(0))
     assert resolve_workers(0) == 0
-    one_error_line(run("bench", "loaders", "--data", tmp_path, "--workers", "-1"), "--workers")
+    one_error(run("bench", "loaders", "--data", tmp_path, "--workers", "-1"), "--workers")
     res = run("bench", "loaders", "--data", tmp_path, "--workers", "100000")
     assert f"--workers 100000 is more than the {usable_cores()} CPU core(s)" in " ".join(res.output.split())
-    one_error_line(res, "alexpipe convert")  # the data is checked next: the capped count went on
+    one_error(res, "alexpipe convert")  # the data is checked next: the capped count went on
 
 
 def test_cuda_graphs_are_refused_where_the_trainer_could_not_capture(tmp_path):
-    one_error_line(run("bench", "train", "--data", tmp_path, "--device", "cpu", "--cuda-graphs"), "--cuda-graphs")
+    one_error(run("bench", "train", "--data", tmp_path, "--device", "cpu", "--cuda-graphs"), "--cuda-graphs")
 
 
 # --- --out: checked up front, and a write that fails is one line naming the file ---
 
 def test_an_out_name_longer_than_a_file_system_allows_is_refused_up_front(small_data, tmp_path):
     long = tmp_path / ("x" * 300) / "results"
-    line = one_error_line(run("bench", "loaders", "--data", small_data, "--out", long, *SHORT), "--out")
+    line = one_error(run("bench", "loaders", "--data", small_data, "--out", long, *SHORT), "--out")
     assert "file name too long" in line and list(tmp_path.iterdir()) == []
 
 
 def test_an_out_on_a_full_file_system_is_refused_up_front(small_data, small_fs):
     fill(small_fs)
-    line = one_error_line(run("bench", "loaders", "--data", small_data, "--out", small_fs / "out", *SHORT), "--out")
+    line = one_error(run("bench", "loaders", "--data", small_data, "--out", small_fs / "out", *SHORT), "--out")
     assert "no space left on device" in line and not (small_fs / "out").exists()
 
 
@@ -151,7 +144,7 @@ def test_a_named_backend_that_cannot_run_on_the_folder_is_refused_before_anythin
                                                                                                 tmp_path):
     """small_data was converted without .beton files: ffcv cannot read it."""
     out = tmp_path / "results"
-    line = one_error_line(run("bench", "loaders", "--data", small_data, "--backends", "ffcv,resident", "--out", out,
+    line = one_error(run("bench", "loaders", "--data", small_data, "--backends", "ffcv,resident", "--out", out,
                               *SHORT), "--backends ffcv")
     assert "train.beton" in line and "no such file" in line
     assert not out.exists()  # nothing was measured, nothing written

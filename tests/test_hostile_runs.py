@@ -24,7 +24,7 @@ from alexpipe.pipeline.convert.conversion import convert
 from alexpipe.pipeline.format.split import content_digest, split_path
 from alexpipe.train import checkpoint
 
-from conftest import make_source, synthetic_batches
+from conftest import make_source, one_error, synthetic_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--epochs", "1", "--batch-size", "64", "--lr", "0.05", "--log-every", "1"]
@@ -32,13 +32,6 @@ QUICK = ["--epochs", "1", "--batch-size", "64", "--lr", "0.05", "--log-every", "
 
 def run(*args) -> "CliRunner":
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_error_line(res, fragment: str, code: int = 1) -> None:
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert res.exit_code == code, res.output
-    assert lines and lines[-1].startswith("error:") and fragment in lines[-1], res.output
-    assert "Traceback" not in res.output
 
 
 @pytest.fixture()
@@ -73,7 +66,7 @@ def test_train_refuses_tampered_data_before_anything_trains(data, tmp_path, tamp
         split_path(data, "test").unlink()
         fragment = "test.safetensors"
     out = tmp_path / "run"
-    one_error_line(run("train", "--data", data, "--out", out, *QUICK), fragment)
+    one_error(run("train", "--data", data, "--out", out, *QUICK), fragment)
     assert not out.exists()  # nothing trained, and no empty run folder left behind
 
 
@@ -95,10 +88,10 @@ def test_train_never_writes_over_a_users_files(data, tmp_path):
     mine.mkdir()
     (mine / "config.json").write_text('{"my": "settings"}\n')
     for force in ([], ["--force"]):
-        one_error_line(run("train", "--data", data, "--out", mine, *QUICK, *force), "not an alexpipe run")
+        one_error(run("train", "--data", data, "--out", mine, *QUICK, *force), "not an alexpipe run")
     assert (mine / "config.json").read_text() == '{"my": "settings"}\n' and len(list(mine.iterdir())) == 1
-    one_error_line(run("train", "--data", data, "--out", data, *QUICK), "is the data folder")
-    one_error_line(run("train", "--data", data, "--out", data / "runs", *QUICK), "inside it")
+    one_error(run("train", "--data", data, "--out", data, *QUICK), "is the data folder")
+    one_error(run("train", "--data", data, "--out", data / "runs", *QUICK), "inside it")
 
 
 @pytest.mark.slow
@@ -106,7 +99,7 @@ def test_force_replaces_only_the_runs_own_files(data, tmp_path):
     out = tmp_path / "run"
     assert run("train", "--data", data, "--out", out, *QUICK).exit_code == 0
     (out / "notes.txt").write_text("mine")
-    one_error_line(run("train", "--data", data, "--out", out, *QUICK), "already holds a run")
+    one_error(run("train", "--data", data, "--out", out, *QUICK), "already holds a run")
     res = run("train", "--data", data, "--out", out, *QUICK, "--seed", "3", "--force")
     assert res.exit_code == 0, res.output
     assert json.loads((out / "config.json").read_text())["recipe"]["seed"] == 3
@@ -125,7 +118,7 @@ def test_a_folder_without_val_split_trains_and_says_so(tmp_path):
     epochs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()][1:3]
     assert [e["val_acc"] for e in epochs] == [None, None] and epochs[1]["train_images"] == 256
     assert checkpoint.load(out / "best.pt")["epoch"] == 2  # the last epoch
-    one_error_line(run("train", "--data", data, "--out", tmp_path / "p", *QUICK, "--schedule", "plateau"),
+    one_error(run("train", "--data", data, "--out", tmp_path / "p", *QUICK, "--schedule", "plateau"),
                    "plateau schedule")
 
 
@@ -181,14 +174,14 @@ def test_resume_with_a_hand_edited_config_is_one_line_naming_the_file(data, tmp_
     assert run("train", "--data", data, "--out", out, *QUICK).exit_code == 0
     (out / "config.json").write_text(config)
     res = run("train", "--out", out, "--resume")
-    one_error_line(res, fragment)
+    one_error(res, fragment)
     assert "config.json" in res.output
 
 
 def test_bad_recipe_values_name_their_flag(data, tmp_path):
-    one_error_line(run("train", "--data", data, "--out", tmp_path / "a", *QUICK, "--pca-sigma", "-1"),
+    one_error(run("train", "--data", data, "--out", tmp_path / "a", *QUICK, "--pca-sigma", "-1"),
                    "--pca-sigma must not be negative")
-    one_error_line(run("train", "--data", data, "--out", tmp_path / "b", *QUICK, "--seed", "-1"),
+    one_error(run("train", "--data", data, "--out", tmp_path / "b", *QUICK, "--seed", "-1"),
                    "--seed must be a non-negative integer")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
@@ -217,14 +210,14 @@ def test_evaluate_refuses_bad_checkpoints_and_data_in_one_line(data, tmp_path):
              (variant("two", classes=["cat", "dog"]), "was trained on the classes"),
              (variant("norecipe", recipe=None), "no recipe")]
     for path, fragment in cases:
-        one_error_line(run("evaluate", path, "--data", data), fragment)
+        one_error(run("evaluate", path, "--data", data), fragment)
     marker = tmp_path / "pwned"
     torch.save({"format": "alexpipe-checkpoint", "x": _Evil(marker)}, tmp_path / "evil.pt")
-    one_error_line(run("evaluate", tmp_path / "evil.pt", "--data", data), "not a readable alexpipe checkpoint")
+    one_error(run("evaluate", tmp_path / "evil.pt", "--data", data), "not a readable alexpipe checkpoint")
     assert not marker.exists()
     _flip_label(split_path(data, "test"), 3)
-    one_error_line(run("evaluate", out / "last.pt", "--data", data), "test.safetensors")
-    one_error_line(run("evaluate", tmp_path / "none.pt", "--data", data, "--json", tmp_path / "no" / "e.json"),
+    one_error(run("evaluate", out / "last.pt", "--data", data), "test.safetensors")
+    one_error(run("evaluate", tmp_path / "none.pt", "--data", data, "--json", tmp_path / "no" / "e.json"),
                    "does not exist")  # checked before anything else: no evaluation to lose
 
 
@@ -239,10 +232,10 @@ def test_paths_with_markup_are_printed_as_written(tmp_path):
 def test_bench_checks_its_output_and_data_before_measuring(data, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("mine")
-    one_error_line(run("bench", "loaders", "--data", data, "--out", afile), "is not a folder")
+    one_error(run("bench", "loaders", "--data", data, "--out", afile), "is not a folder")
     assert afile.read_text() == "mine"
     split_path(data, "train").write_bytes(b"\0" * 4096)
-    one_error_line(run("bench", "loaders", "--data", data, "--duration", "0.1", "--repeats", "1"),
+    one_error(run("bench", "loaders", "--data", data, "--duration", "0.1", "--repeats", "1"),
                    "train.safetensors")
 
 
@@ -251,7 +244,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_previous_checkpoint
     """Room for epoch 1's last.pt (186 MB), not for epoch 2's beside it."""
     out = small_fs("300m") / "run"
     res = run("train", "--data", data, "--out", out, *QUICK, "--epochs", "2", "--checkpoint-every", "1")
-    one_error_line(res, "no space left on device")
+    one_error(res, "no space left on device")
     assert f"cannot write {out / 'last.pt'}" in res.output, res.output
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
     assert checkpoint.load(out / "last.pt")["epoch"] == 1  # the previous checkpoint, whole
