@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from abc import ABC, abstractmethod
 from types import FrameType
 from typing import Optional
 
@@ -25,14 +26,16 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-class _SignalScope:
-    """While active (the main thread only), SIGINT and SIGTERM go to `_handle`; the previous handlers after."""
+class _SignalScope(ABC):
+    """While active (the main thread only), SIGINT and SIGTERM go to `_handle`; the previous handlers after.
+    Each kind of scope says what a signal does there."""
 
     def __init__(self) -> None:
         self._previous: dict[int, object] = {}
 
+    @abstractmethod
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
-        raise NotImplementedError
+        """Called in the main thread when SIGINT or SIGTERM arrives inside the scope."""
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
