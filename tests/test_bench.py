@@ -12,7 +12,6 @@ from alexpipe.train.recipes import get_recipe
 
 import fake_worker
 
-jsonschema = pytest.importorskip("jsonschema", reason="jsonschema comes with the dev extra")
 
 
 def _doc(outcomes, baseline="slow-1500"):
@@ -37,7 +36,7 @@ def test_fake_loaders_of_known_speed_order_and_ratio(tmp_path):
     assert broken["status"] == "unavailable" and "DALI is not installed" in broken["reason"]
     assert broken["samples"] == [] and broken["ratio"] is None
 
-    jsonschema.validate(doc, json.loads(report.SCHEMA_PATH.read_text()))
+    validate(doc)
     paths = report.write_all(doc, tmp_path / "out")
     assert [p.name for p in paths] == ["bench.json", "bench.md", "bench.png"]
     assert json.loads(paths[0].read_text()) == json.loads(json.dumps(doc))
@@ -46,7 +45,17 @@ def test_fake_loaders_of_known_speed_order_and_ratio(tmp_path):
     assert Image.open(paths[2]).size[0] > 500
 
 
+def validate(doc: dict) -> None:
+    """Check `doc` against bench/schema.json. jsonschema comes with the dev extra; it is imported here, not at
+    the top, so that `pytest -m cuda` on a machine without it still collects this file."""
+    import jsonschema
+
+    jsonschema.validate(doc, json.loads(report.SCHEMA_PATH.read_text()))
+
+
 def test_schema_rejects_a_malformed_document():
+    import jsonschema
+
     outcomes = [harness.Outcome(harness.Config(kind="loader", backend="slow-1500", batch_size=8),
                                 samples=[{"round": 0, "images": 8, "seconds": 0.1, "images_per_s": 80.0,
                                           "wait_fraction": 0.0}])]
@@ -143,7 +152,7 @@ def test_tflops_and_the_fraction_of_the_measured_matrix_rate_are_reported_where_
     assert records["train/resident/b8"]["tflops"]["median"] == pytest.approx(20.0)
     assert loader["tflops"] is None and loader["of_peak"] is None  # a loader alone does no training arithmetic
     doc = report.document(list(records.values()), _doc([])["settings"], harness.arithmetic(outcomes, 0.5e9))
-    jsonschema.validate(doc, json.loads(report.SCHEMA_PATH.read_text()))
+    validate(doc)
     md = report.markdown(doc)
     assert "| TFLOP/s | of measured bf16 peak |" in md and "800 TFLOP/s" in md and "| 25.0 (25.0–25.0) | 3.1%" in md
     # no matrix rate measured (a CPU): no TFLOP/s anywhere
