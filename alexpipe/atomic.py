@@ -27,7 +27,7 @@ import threading
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional
 
-__all__ = ["WriteError", "os_error_in", "reason", "write_atomic", "write_bytes", "write_text"]
+__all__ = ["WriteError", "fsync_dir", "os_error_in", "reason", "write_atomic", "write_bytes", "write_text"]
 
 # Plain words for the errors a user can do something about; other errors use the system's own text.
 _REASONS = {
@@ -97,7 +97,7 @@ def _temp_sibling(path: Path) -> Path:
     return path.with_name("." + os.fsdecode(stem) + unique)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make a rename into `folder` durable; file systems that cannot fsync a folder are let be."""
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -132,7 +132,7 @@ def write_atomic(path: "os.PathLike[str] | str", write: Callable[[BinaryIO], Non
                     os.fsync(f.fileno())
             os.replace(tmp, path)
             if fsync:
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
         except Exception as exc:  # noqa: BLE001 - only the disk's failures are turned into WriteError
             cause = os_error_in(exc)
             if cause is None:

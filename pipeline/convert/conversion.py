@@ -33,13 +33,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from alexpipe.atomic import WriteError, os_error_in, reason
+from alexpipe.atomic import WriteError, fsync_dir, os_error_in, reason
 from alexpipe.lock import LockHeld, exclusive
 from alexpipe.paths import GROWS, too_long
 
 from ..format.beton import FFCV_HINT, beton_path, ffcv_present, write_beton
 from ..errors import DataError
-from ..format.split import FORMAT_NAME, FORMAT_VERSION, SplitMeta, content_digest, fsync_dir, split_path, write_split
+from ..format.split import FORMAT_NAME, FORMAT_VERSION, SplitMeta, content_digest, split_path, write_split
 from ..hashing import file_hexdigests
 from ..constants import MANIFEST, NUM_CLASSES
 from ..format.safeio import ordinary_mode, read_limited

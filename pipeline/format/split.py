@@ -366,17 +366,3 @@ def load_split(root: Path | str, split: str) -> Split:
         mm = np.memmap(path, dtype=_DTYPES[dtype], mode="c", offset=t.begin, shape=t.shape)
         arrays[name] = torch.from_numpy(mm)
     return Split(arrays["images"], arrays["labels"], arrays["source_index"], meta, path)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename into `path` durable."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
