@@ -13,7 +13,6 @@ where each stage's responsibility ends.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import random
 import signal
 import time
@@ -274,7 +273,7 @@ def finish(setup: Setup, data: Data, nets: Nets, step: TrainStep, books: Books,
     r, world = setup.recipe, setup.world
     test = evaluate(nets.evaluated, data.test, setup.amp_dtype, r.tta_flip, len(data.classes), world,
                     pad_to=nets.eval_shape)
-    digests = _gather(_weight_digest(nets.model), world)
+    digests = _gather(checkpoint.digest(nets.model.state_dict()), world)  # DDP: every rank bit-identical
     digests = digests if isinstance(digests, list) else [digests]
     if len(set(digests)) > 1:
         raise TrainingError(f"the ranks ended with different weights ({len(set(digests))} distinct): "
@@ -298,15 +297,6 @@ def finish(setup: Setup, data: Data, nets: Nets, step: TrainStep, books: Books,
                   f"final train {100 * summary['final_train_acc']:.2f}%, {val}, "
                   f"{summary['wall_seconds'] / 60:.1f} min, {summary['mean_images_per_s']:.0f} img/s")
     return summary
-
-
-def _weight_digest(model: torch.nn.Module) -> str:
-    """sha256 of the weights: DDP promises every rank ends bit-identical; `finish` checks it."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 __all__ = ["RunOptions", "TrainingError", "fit"]
